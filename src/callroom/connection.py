@@ -1,0 +1,143 @@
+"""One client WebSocket as the agent sees it: send, close, a persisted per-connection state.
+
+Outbound frames go through a bounded queue drained by one writer task, so a handler never
+blocks on a slow client and a client that stops reading cannot grow server memory without
+bound: when the queue is full the connection is closed with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from callroom.protocol import core
+
+if TYPE_CHECKING:
+    from callroom.storage import AgentStorage
+
+log = logging.getLogger("callroom.connection")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_OVERLOADED = 1013
+
+
+class Connection:
+    """A client connection. Survives hibernation of its agent (the socket stays open)."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        conn_id: str,
+        *,
+        readonly: bool = False,
+        max_queue: int = 512,
+    ) -> None:
+        self.websocket = websocket
+        self.id = conn_id
+        self.readonly = readonly
+        self.query: dict[str, str] = dict(websocket.query_params)
+        self._queue: asyncio.Queue[str | bytes | None] = asyncio.Queue(max_queue)
+        self._writer: asyncio.Task[None] | None = None
+        self._storage: AgentStorage | None = None
+        self._state_cache: Any = None
+        self._state_loaded = False
+        self.closed = False
+        self.close_code: int | None = None
+
+    # -- lifecycle (owned by the server) ------------------------------------------------------
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
+
+    async def _write_loop(self) -> None:
+        ws = self.websocket
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is None:
+                    return
+                if isinstance(item, bytes):
+                    await ws.send_bytes(item)
+                else:
+                    await ws.send_text(item)
+        except Exception:  # the socket went away; the reader notices and cleans up
+            self.closed = True
+
+    async def aclose_writer(self) -> None:
+        """Flush what is queued (bounded) and stop the writer task."""
+        if self._writer is None:
+            return
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._writer), 2.0)
+        except (TimeoutError, asyncio.CancelledError):
+            self._writer.cancel()
+        self._writer = None
+
+    def bind_storage(self, storage: AgentStorage | None) -> None:
+        """Point the connection at its agent's (re)opened storage; drop cached state."""
+        self._storage = storage
+        self._state_loaded = False
+        self._state_cache = None
+
+    # -- what agents use ----------------------------------------------------------------------
+    def send(self, data: str | bytes) -> None:
+        """Queue one frame. Never blocks; closes a connection that stopped reading."""
+        if self.closed:
+            return
+        try:
+            self._queue.put_nowait(data)
+        except asyncio.QueueFull:
+            log.warning("connection %s: send queue full, closing", self.id)
+            self.closed = True
+            self._drain_queue()
+            asyncio.get_running_loop().create_task(
+                self._close_now(CLOSE_OVERLOADED, "send queue overflow: client not reading")
+            )
+
+    def send_json(self, message: dict[str, Any]) -> None:
+        self.send(core.dumps(message))
+
+    def _drain_queue(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+        with contextlib.suppress(Exception):
+            if self.websocket.application_state == WebSocketState.CONNECTED:
+                await self.websocket.close(code, reason[:120])
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close after what is already queued has been sent."""
+        if self.close_code is None:
+            self.close_code = code
+        await self.aclose_writer()
+        self.closed = True
+        with contextlib.suppress(Exception):
+            if self.websocket.application_state == WebSocketState.CONNECTED:
+                await self.websocket.close(code, reason[:120])
+
+    @property
+    def state(self) -> Any:
+        """Per-connection state (Cloudflare's `connection.state`), persisted with the agent."""
+        if not self._state_loaded and self._storage is not None:
+            self._state_cache = self._storage.get_attachment(self.id)
+            self._state_loaded = True
+        return self._state_cache
+
+    def set_state(self, value: Any) -> None:
+        if self._storage is not None:
+            self._storage.put_attachment(self.id, value)
+        self._state_cache = value
+        self._state_loaded = True
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id}>"

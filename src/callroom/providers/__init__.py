@@ -1,0 +1,1 @@
+"""Speech and language providers behind one small protocol per role (see `base`)."""
