@@ -8,6 +8,7 @@ synchronous, so a read-modify-write without an `await` in between is atomic.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import inspect
 import logging
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("callroom.agent")
 
 _STATE_KEY = "state"
+
+current_connection: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
+    "callroom_current_connection", default=None
+)
+"""The connection whose frame is being handled (set by the server around each frame)."""
 
 
 class Schedule(TypedDict):
@@ -75,7 +81,13 @@ class Agent:
         return self._state
 
     def set_state(self, state: Any) -> None:
-        """Persist and broadcast a new state to every connection."""
+        """Persist and broadcast a new state to every connection.
+
+        Refused while handling a frame of a readonly connection (as the npm server does), so
+        a readonly client cannot change state through a callable or `on_message`."""
+        conn = current_connection.get()
+        if conn is not None and conn.readonly:
+            raise StateRejected("Connection is readonly")
         self._apply_state(state, source=None)
 
     def _apply_state(self, state: Any, source: Connection | None) -> None:

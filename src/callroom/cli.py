@@ -64,6 +64,7 @@ def serve(app: Starlette, host: str, port: int, *, log_level: str = "info") -> N
         log_level=log_level,
         ws_max_size=settings.max_message_bytes + 1024,
         ws_ping_interval=20,
+        ws_per_message_deflate=settings.ws_compression,
         ws_ping_timeout=20,
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 1,

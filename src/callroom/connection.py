@@ -48,6 +48,7 @@ class Connection:
         self._state_cache: Any = None
         self._state_loaded = False
         self.closed = False
+        self.keep_attachment = False
         self.close_code: int | None = None
 
     # -- lifecycle (owned by the server) ------------------------------------------------------
@@ -100,6 +101,20 @@ class Connection:
             asyncio.get_running_loop().create_task(
                 self._close_now(CLOSE_OVERLOADED, "send queue overflow: client not reading")
             )
+
+    def discard_pending_audio(self) -> int:
+        """Drop binary frames queued but not yet written (barge-in: stop audio now)."""
+        kept: list[str | bytes | None] = []
+        dropped = 0
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, bytes):
+                dropped += 1
+            else:
+                kept.append(item)
+        for item in kept:
+            self._queue.put_nowait(item)
+        return dropped
 
     def send_json(self, message: dict[str, Any]) -> None:
         self.send(core.dumps(message))

@@ -27,13 +27,14 @@ class CallableInfo:
     streaming: bool
     func: Callable[..., Any]
     validated: Callable[..., Any]
+    signature: inspect.Signature
 
 
 @overload
 def callable(func: F, /) -> F: ...
 @overload
 def callable(*, description: str | None = None) -> Callable[[F], F]: ...
-def callable(func: Any = None, /, *, description: str | None = None) -> Any:  # noqa: A001
+def callable(func: Any = None, /, *, description: str | None = None) -> Any:
     """Mark an agent method as callable over RPC.
 
     Arguments are validated against the type hints (pydantic, lax mode) before the method
@@ -94,7 +95,9 @@ def registry_for(cls: type) -> Registry:
                 if streaming
                 else pydantic.validate_call(config={"arbitrary_types_allowed": True})(f)
             )
-            callables[name] = CallableInfo(name, meta["description"], streaming, f, validated)
+            callables[name] = CallableInfo(
+                name, meta["description"], streaming, f, validated, inspect.signature(f)
+            )
         reg = Registry(callables, frozenset(funcs))
         _registries[cls] = reg
     return reg
@@ -103,7 +106,7 @@ def registry_for(cls: type) -> Registry:
 def check_arguments(info: CallableInfo, agent: Any, args: list[Any]) -> None:
     """Refuse a wrong number of arguments with a sentence a client developer understands."""
     try:
-        inspect.signature(info.func).bind(agent, *args)
+        info.signature.bind(agent, *args)
     except TypeError as exc:
         raise RpcError(f"Invalid arguments for {info.name}: {exc}") from None
 

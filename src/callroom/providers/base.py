@@ -58,6 +58,11 @@ class STTStream(Protocol):
 
     def interim(self) -> str: ...
 
+    async def settled(self) -> str:
+        """Wait for background work started by `pause()`; the text of all audio pushed before
+        that pause (used as a completeness signal for the end of the turn)."""
+        ...
+
     async def finish(self) -> str:
         """The transcript of everything pushed since the last reset; then resets."""
         ...
@@ -134,3 +139,14 @@ class LLM(Protocol):
     ) -> AsyncIterator[LLMEvent]:
         """Stream one completion. Cancelling the iteration cancels the request."""
         ...
+
+
+# -- a call's speech models ---------------------------------------------------------------------
+@dataclass
+class VoiceProviders:
+    """The speech models of a call. `turn` (end-of-turn model) and `tts` are optional."""
+
+    vad: VAD
+    stt: STT
+    tts: TTS | None = None
+    turn: TurnDetector | None = None

@@ -139,5 +139,5 @@ def agent_classes_in(namespace: dict[str, Any]) -> list[type[Agent]]:
         v
         for v in namespace.values()
         if isinstance(v, type) and issubclass(v, Agent) and v.__module__ == module
-        and not getattr(v, "__abstract__", False)
+        and not vars(v).get("__abstract__", False)
     ]

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from callroom import rpc
-from callroom.agent import Agent
+from callroom.agent import Agent, current_connection
 from callroom.connection import CLOSE_POLICY, Connection
 from callroom.errors import CallroomError, RpcError, StateRejected
 from callroom.host import AgentHost
@@ -55,10 +55,12 @@ async def run_session(ws: WebSocket, host: AgentHost, segment: str, name: str) -
             if data is None:
                 data = msg.get("bytes") or b""
             agent = await host.get(segment, name)
-            if len(data) > limit:
+            # The limit is in bytes: a text frame's length in characters can be far less.
+            size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8"))
+            if size > limit:
                 conn.send_json(
                     core.protocol_error(
-                        "message_too_large", f"message of {len(data)} bytes exceeds {limit}"
+                        "message_too_large", f"message of {size} bytes exceeds {limit}"
                     )
                 )
                 continue
@@ -71,16 +73,29 @@ async def run_session(ws: WebSocket, host: AgentHost, segment: str, name: str) -
     finally:
         conn.closed = True
         try:
-            agent = await host.get(segment, name) if host.accepting else None
+            agent = None
+            if host.accepting and (
+                host.is_live(segment, name) or _handles_close(host.classes[segment])
+            ):
+                agent = await host.get(segment, name)
             if agent is not None:
                 with host.activity(agent):
                     await agent._on_close_internal(conn)
                     await _guard(agent, conn, agent.on_close(conn, code, reason))
-                    agent._storage.drop_attachment(conn.id)
+                    if not conn.keep_attachment:
+                        agent._storage.drop_attachment(conn.id)
         except Exception:
             log.exception("on_close failed")
         host.remove_connection(segment, name, conn)
         await conn.aclose_writer()
+
+
+def _handles_close(cls: type[Agent]) -> bool:
+    """Waking a hibernated agent only to run the default no-op close hooks is waste; its
+    stale attachment rows are dropped at its next wake instead."""
+    return cls.on_close is not Agent.on_close or (
+        cls._on_close_internal is not Agent._on_close_internal
+    )
 
 
 def _existing(host: AgentHost, segment: str, name: str) -> list[Connection]:
@@ -111,6 +126,14 @@ async def _guard(agent: Agent, conn: Connection | None, coro: Any) -> None:
 
 
 async def handle_frame(agent: Agent, conn: Connection, data: str | bytes) -> None:
+    token = current_connection.set(conn)
+    try:
+        await _handle_frame(agent, conn, data)
+    finally:
+        current_connection.reset(token)
+
+
+async def _handle_frame(agent: Agent, conn: Connection, data: str | bytes) -> None:
     msg = core.parse(data)
     if isinstance(msg, core.StateUpdate):
         if conn.readonly:

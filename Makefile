@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine (Python 3.11, Node 20, gcc):
+#   make demo   set up and run the voice receptionist on embedded models
+#   make test   set up and run the whole test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_STAMP := tests/interop/node_modules/.installed
+# Smart Turn v3.2 ships inside the pipecat-ai wheel; we take the file only (no deps).
+PIPECAT := pipecat-ai==1.14.0
+PORT ?= 8787
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[voice,piper,dev]'
+	$(BIN)/pip install -q --no-deps '$(PIPECAT)'
+	touch $(STAMP)
+
+$(NODE_STAMP): tests/interop/package.json
+	cd tests/interop && npm install --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+setup: $(STAMP) $(NODE_STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/run_demo.py --port $(PORT)
+
+test: $(STAMP) $(NODE_STAMP)
+	$(BIN)/ruff check src tests examples bench
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken"; fi; \
+	  exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff format --check src tests examples bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/core.py
+
+clean:
+	rm -rf $(VENV) tests/interop/node_modules data

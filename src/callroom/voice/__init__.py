@@ -1,0 +1,1 @@
+"""The voice pipeline: audio helpers, turn taking, clause chunking, timings, VoiceAgent."""
