@@ -172,6 +172,10 @@ class Agent:
         except Exception as exc:
             await self.on_error(exc, connection)
 
+    @classmethod
+    async def on_host_start(cls) -> None:
+        """Runs once per class when the server starts (e.g. to load shared models)."""
+
     def is_busy(self) -> bool:
         """True while the agent must not hibernate (e.g. a voice call in progress)."""
         return False

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--data-dir", type=Path, default=None)
     call = sub.add_parser("call", help="call a voice agent with a WAV file")
     call.add_argument("url", help="ws://HOST:PORT/agents/<class>/<name>")
-    call.add_argument("--wav", required=True, type=Path)
+    call.add_argument("--wav", type=Path, default=None)
     call.add_argument("--out", type=Path, default=None)
     call.add_argument("--text", action="append", default=[], help="send a text turn instead")
     call.add_argument("--timeout", type=float, default=60.0)
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "call":
         from callroom.voice.caller import run_call
 
+        if args.wav is None and not args.text:
+            parser.error("call needs --wav FILE or --text TEXT")
         return asyncio.run(run_call(args.url, args.wav, args.out, args.text, args.timeout))
     return 2
 

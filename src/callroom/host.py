@@ -63,6 +63,8 @@ class AgentHost:
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._index = HostIndex(self.settings.data_dir)
+        for cls in self.classes.values():
+            await cls.on_host_start()
         self._alarm_event = asyncio.Event()
         self._loops = [
             asyncio.create_task(self._alarm_loop(), name="callroom-alarms"),

@@ -43,7 +43,7 @@ export function waitFor(sink, predicate, label, ms = STEP_MS) {
   return within(
     new Promise((resolve) => {
       const poll = () => {
-        const hit = sink.values.find(predicate);
+        const hit = sink.values.find((value, index) => predicate(value, index));
         if (hit !== undefined) resolve(hit);
         else sink.waiters.push(poll);
       };

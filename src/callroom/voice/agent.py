@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import threading
 import uuid
 from typing import Any, ClassVar
 
@@ -18,12 +20,14 @@ from callroom.connection import Connection
 from callroom.errors import CallroomError
 from callroom.protocol import core
 from callroom.protocol import voice as vp
-from callroom.providers.base import Int16, VoiceProviders
+from callroom.providers.base import LLM, Int16, VoiceProviders
 from callroom.voice.history import History
 from callroom.voice.pipeline import Call, TurnContext, TurnResult
 from callroom.voice.turns import TurnConfig
 
 log = logging.getLogger("callroom.voice")
+
+_process_llm: LLM | None = None
 
 
 class VoiceAgent(Agent):
@@ -42,8 +46,10 @@ class VoiceAgent(Agent):
     """Rate of the PCM16 audio sent to clients; None = the TTS's native rate (no resampling)."""
     turn_config: ClassVar[TurnConfig] = TurnConfig()
     apology_text: ClassVar[str] = "Sorry, I ran into a problem. Could you say that again?"
-
-    _shared_providers: ClassVar[VoiceProviders | None] = None
+    max_tool_rounds: ClassVar[int] = 4
+    tool_timeout: ClassVar[float] = 10.0
+    filler_after_s: ClassVar[float] = 1.0
+    """A filler phrase ("One moment…") is spoken when a tool round takes longer than this."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -54,15 +60,26 @@ class VoiceAgent(Agent):
     # -- providers ----------------------------------------------------------------------------
     def create_providers(self) -> VoiceProviders:
         """Speech models for calls. Default: the embedded models, loaded once per process."""
-        cls = type(self)
-        if VoiceAgent._shared_providers is None:
-            import os
+        return _embedded_providers()
 
-            from callroom.providers.local import local_voice_providers
+    @classmethod
+    async def on_host_start(cls) -> None:
+        """Load the embedded models before the server says it is ready, so the first caller
+        does not wait for them (skipped when a subclass brings its own providers)."""
+        if cls.create_providers is VoiceAgent.create_providers:
+            await asyncio.to_thread(_embedded_providers)
 
-            stt = os.environ.get("CALLROOM_STT_MODEL", "tiny.en")
-            VoiceAgent._shared_providers = local_voice_providers(stt)
-        return cls._shared_providers or VoiceAgent._shared_providers  # type: ignore[return-value]
+    def get_llm(self) -> LLM:
+        """The LLM of the default `on_turn`: from `CALLROOM_LLM` & co., one per process."""
+        global _process_llm
+        if _process_llm is None:
+            from callroom.providers.llm import make_llm
+
+            _process_llm = make_llm()
+        return _process_llm
+
+    def system_prompt(self) -> str:
+        return self.instructions
 
     # -- hooks (override) ---------------------------------------------------------------------
     async def on_turn(self, transcript: str, ctx: TurnContext) -> TurnResult:
@@ -280,6 +297,21 @@ class VoiceAgent(Agent):
                              output_rate=16000, turn_config=self.turn_config)
             self._text_calls[connection.id] = text_call
         text_call.text_turn(text.strip(), audio=False)
+
+
+_shared_providers: VoiceProviders | None = None
+_providers_lock = threading.Lock()
+
+
+def _embedded_providers() -> VoiceProviders:
+    global _shared_providers
+    with _providers_lock:
+        if _shared_providers is None:
+            from callroom.providers.local import local_voice_providers
+
+            stt = os.environ.get("CALLROOM_STT_MODEL", "tiny.en")
+            _shared_providers = local_voice_providers(stt)
+        return _shared_providers
 
 
 async def _await(value: Any) -> Any:

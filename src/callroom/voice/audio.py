@@ -112,14 +112,16 @@ the audio held back at a given moment is the latency a real-time stream pays.
 quality       held back, 20 ms chunks     filter
 ============  ==========================  ==============================================
 QQ            1-4 output samples (<0.3ms) none (cubic interpolation): aliases at 0 dB
-LQ            20-61 ms worst, ~10-33 avg  >94 dB alias/image rejection; -2 dB at 0.8 fs/2
-MQ / HQ       37-118 ms worst             flat to 0.9 fs/2, >120 dB rejection
+LQ            20-61 ms worst, 11-33 mean  >94 dB alias/image rejection; -2 dB at 0.8 fs/2
+MQ / HQ       37-118 ms worst, 21-64 mean flat to 0.9 fs/2, >120 dB rejection
 ============  ==========================  ==============================================
 
 LQ is the lowest-delay setting that still filters: half the hold-back of MQ/HQ, whose only
 gain is a flat passband in the top 10-20 % of the band, where speech carries little energy
 (for 8 kHz telephony that is above 3.2 kHz, outside the 300-3400 Hz phone band). QQ is the
 choice only when the input is known to have nothing above the output Nyquist frequency.
+For TTS output, which arrives faster than real time in clause-sized pieces, the hold-back
+does not delay first audio; `process(..., last=True)` at the end of a clause releases it.
 """
 
 

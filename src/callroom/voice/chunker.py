@@ -159,7 +159,7 @@ class _MarkdownFilter:
         return "".join(out)
 
     def _line_prefix(self, s: str, i: int, final: bool) -> int | None:
-        """Skip indentation and one line-start marker; return the new index, or None to wait."""
+        """Skip indentation and a line-start marker; return the new index, or None to wait."""
         n = len(s)
         j = i
         while j < n and s[j] in " \t\r":

@@ -28,7 +28,7 @@ from callroom.providers.base import INPUT_RATE, Float32, STTStream, VoiceProvide
 from callroom.voice import turns as tt
 from callroom.voice.audio import FrameSplitter, Resampler, pcm16_bytes_to_float32
 from callroom.voice.chunker import ClauseChunker
-from callroom.voice.metrics import Clock, RealClock, TurnTimings, observe
+from callroom.voice.metrics import Clock, RealClock, TurnTimings, count_turn, observe
 
 if TYPE_CHECKING:
     from callroom.connection import Connection
@@ -455,7 +455,7 @@ class Call:
                     call_id=self.call_id,
                     source=source,
                     record=lambda m: agent._history().append(m, call_id=self.call_id),
-                    speak_filler=lambda t: None,
+                    speak_filler=self._speak_filler,
                 )
                 timings.mark("llm_start")
                 result = await agent._call_on_turn(text, ctx)
@@ -494,6 +494,7 @@ class Call:
             self._speaking = False
             timings.mark("end")
             if source != "speak":
+                count_turn(source, outcome)
                 with contextlib.suppress(Exception):
                     conn.send_json(timings.turn_metrics_message(turn_id, source, outcome))
             if outcome != "aborted":
@@ -516,38 +517,60 @@ class Call:
         """Stream `result` to the client as transcript deltas and (if `audio`) speech."""
         conn = self.conn
         tts = self.providers.tts if audio else None
-        clauses: asyncio.Queue[str | None] = asyncio.Queue(32)
+        clauses: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = self._spawn(self._tts_loop(clauses, timings, playback), "tts") if tts else None
         chunker = ClauseChunker()
         started = False
+
+        def emit(delta: str) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                timings.mark("llm")
+                conn.send_json(vp.transcript_start())
+            self._reply_text.append(delta)
+            conn.send_json(vp.transcript_delta(delta))
+            if speaker is not None:
+                for clause in chunker.push(delta):
+                    clauses.put_nowait(clause)
+
+        def filler(text: str) -> None:
+            # Said while a slow tool runs: whatever the model said before goes out first.
+            if speaker is not None:
+                for clause in chunker.flush():
+                    clauses.put_nowait(clause)
+            emit(text if text.endswith(" ") else text + " ")
+            if speaker is not None:
+                for clause in chunker.flush():
+                    clauses.put_nowait(clause)
+
+        self._filler = filler
         try:
             async for delta in _deltas(result):
-                if not delta:
-                    continue
-                if not started:
-                    started = True
-                    timings.mark("llm")
-                    conn.send_json(vp.transcript_start())
-                self._reply_text.append(delta)
-                conn.send_json(vp.transcript_delta(delta))
-                if speaker is not None:
-                    for clause in chunker.push(delta):
-                        await clauses.put(clause)
+                if delta:
+                    emit(delta)
             timings.mark("llm_done")
             if speaker is not None:
                 for clause in chunker.flush():
-                    await clauses.put(clause)
-                await clauses.put(None)
+                    clauses.put_nowait(clause)
+                clauses.put_nowait(None)
                 await speaker
             full = "".join(self._reply_text)
             if started:
                 conn.send_json(vp.transcript_end(full))
             return full
         finally:
+            self._filler = None
             if speaker is not None and not speaker.done():
                 speaker.cancel()
                 with contextlib.suppress(BaseException):
                     await speaker
+
+    _filler: Callable[[str], None] | None = None
+
+    def _speak_filler(self, text: str) -> None:
+        if self._filler is not None:
+            self._filler(text)
 
     async def _tts_loop(
         self,
@@ -565,8 +588,8 @@ class Call:
             if clause is None:
                 return
             text = await agent._before_synthesize(clause, conn)
-            if not text:
-                continue
+            if not text or not any(ch.isalnum() for ch in text):
+                continue  # nothing speakable (e.g. a trailing "...")
             timings.mark("tts_start")
             synth_start = self.clock.now()
             async for pcm in tts.synthesize(text):
