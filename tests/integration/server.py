@@ -92,9 +92,17 @@ class ServerProcess:
         log.flush()
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "callroom.cli", "serve", str(self.app),
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--data-dir", str(self.data_dir),
+                sys.executable,
+                "-m",
+                "callroom.cli",
+                "serve",
+                str(self.app),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
             ],
             cwd=str(ROOT),
             env=env,
@@ -202,13 +210,13 @@ def wait_until(
 
 
 async def async_wait_until(
-    predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05, what: str = ""
+    predicate: Callable[[], T], *, limit: float = 10.0, interval: float = 0.05, what: str = ""
 ) -> T:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     last: T = predicate()
     while not last:
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+            raise AssertionError(f"timed out after {limit}s waiting for {what or predicate}")
         await asyncio.sleep(interval)
         last = predicate()
     return last
@@ -254,22 +262,22 @@ class Client:
     async def send(self, data: str | bytes | dict[str, Any]) -> None:
         await self.ws.send(json.dumps(data) if isinstance(data, dict) else data)
 
-    async def recv(self, timeout: float = RECV_TIMEOUT) -> str | bytes:
-        async with asyncio.timeout(timeout):
+    async def recv(self, limit: float = RECV_TIMEOUT) -> str | bytes:
+        async with asyncio.timeout(limit):
             return await self.ws.recv()
 
-    async def recv_json(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
-        data = await self.recv(timeout)
+    async def recv_json(self, limit: float = RECV_TIMEOUT) -> dict[str, Any]:
+        data = await self.recv(limit)
         assert isinstance(data, str), f"expected a text frame, got {data!r}"
         obj: dict[str, Any] = json.loads(data)
         return obj
 
     async def recv_until(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = RECV_TIMEOUT
+        self, predicate: Callable[[dict[str, Any]], bool], limit: float = RECV_TIMEOUT
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Read until a frame matches; returns it and the frames skipped on the way."""
         skipped: list[dict[str, Any]] = []
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             while True:
                 frame = await self.recv_json()
                 if predicate(frame):
@@ -308,9 +316,9 @@ class Client:
         assert len(frames) == 1, frames
         return last["result"]
 
-    async def closed(self, timeout: float = RECV_TIMEOUT) -> websockets.ConnectionClosed:
+    async def closed(self, limit: float = RECV_TIMEOUT) -> websockets.ConnectionClosed:
         """Read until the server closes; return the close exception (code, reason)."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             while True:
                 try:
                     await self.ws.recv()
@@ -354,7 +362,7 @@ async def inprocess_server(
     try:
         await async_wait_until(
             lambda: srv.server.started or srv.task.done(),  # type: ignore[union-attr]
-            timeout=10.0,
+            limit=10.0,
             what="in-process server start",
         )
         if srv.task.done():

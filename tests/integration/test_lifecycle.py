@@ -48,11 +48,11 @@ async def live_agents(srv: ServerProcess) -> int:
     return int((await asyncio.to_thread(srv.health))["live_agents"])
 
 
-async def wait_hibernated(srv: ServerProcess, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_hibernated(srv: ServerProcess, limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
     while await live_agents(srv) != 0:
         if time.monotonic() > deadline:
-            raise AssertionError(f"agent still live after {timeout}s")
+            raise AssertionError(f"agent still live after {limit}s")
         await asyncio.sleep(0.05)
 
 
@@ -211,7 +211,7 @@ async def test_schedule_wakes_hibernated_agent(
     async with Client.connect(srv.ws_url("features", agent_name)) as c:
         await c.call("schedule_in", 2.0, "wake-up")
         await wait_hibernated(srv)
-        fired, _ = await c.recv_until(lambda f: f.get("type") == "fired", timeout=15)
+        fired, _ = await c.recv_until(lambda f: f.get("type") == "fired", limit=15)
         # on_start had run twice when the callback ran: the alarm woke a hibernated agent
         assert fired == {"type": "fired", "tag": "wake-up", "starts": 2}
 
@@ -240,7 +240,7 @@ async def test_schedule_at_datetime_fires(features_server: ServerProcess, agent_
     when = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.5)).isoformat()
     async with Client.connect(features_server.ws_url("features", agent_name)) as c:
         await c.call("schedule_at", when, "at-time")
-        fired, _ = await c.recv_until(lambda f: f.get("type") == "fired", timeout=15)
+        fired, _ = await c.recv_until(lambda f: f.get("type") == "fired", limit=15)
         assert fired["tag"] == "at-time"
         assert await c.call("schedules") == []
 
@@ -259,11 +259,11 @@ async def test_sigterm_drains_then_closes_1001(
         assert started["state"]["slow"] == "started"
         srv.terminate_nowait()
         # the in-flight call completes before the socket closes ...
-        reply, _ = await busy.recv_until(lambda f: f.get("id") == rid, timeout=15)
+        reply, _ = await busy.recv_until(lambda f: f.get("id") == rid, limit=15)
         assert reply["result"] == "finished"
         # ... then every client gets 1001 ("going away": npm clients reconnect)
         for client in (busy, idle):
-            closed = await client.closed(timeout=15)
+            closed = await client.closed(limit=15)
             assert closed.rcvd is not None and closed.rcvd.code == 1001, closed
     # uvicorn re-raises the SIGTERM it caught once shutdown is complete
     assert await asyncio.to_thread(srv.wait, 20) in (0, -signal.SIGTERM)
@@ -276,7 +276,9 @@ async def test_sigterm_drains_then_closes_1001(
 
 
 @pytest.mark.parametrize("cycles", [3])
-async def test_repeated_restarts(server_factory: ServerFactory, agent_name: str, cycles: int) -> None:
+async def test_repeated_restarts(
+    server_factory: ServerFactory, agent_name: str, cycles: int
+) -> None:
     srv = server_factory(CONFORMANCE_APP)
     url = srv.ws_url("counter", agent_name)
     for i in range(cycles):

@@ -32,7 +32,9 @@ def http(
 
 
 # -- handshake --------------------------------------------------------------------------------
-async def test_handshake_order_with_state(conformance_server: ServerProcess, agent_name: str) -> None:
+async def test_handshake_order_with_state(
+    conformance_server: ServerProcess, agent_name: str
+) -> None:
     url = conformance_server.ws_url("counter", agent_name, "_pk=abc&extra=ignored")
     async with Client.connect(url, handshake=False) as c:
         frames = [await c.recv_json() for _ in range(3)]
@@ -81,21 +83,26 @@ async def test_rpc_streaming(conformance_server: ServerProcess, agent_name: str)
     async with Client.connect(conformance_server.ws_url("counter", agent_name)) as c:
         frames = await c.rpc_frames("count", 4)
         assert [(f["result"], f["done"], f["success"]) for f in frames] == [
-            (1, False, True), (2, False, True), (3, False, True), (4, False, True),
+            (1, False, True),
+            (2, False, True),
+            (3, False, True),
+            (4, False, True),
             (None, True, True),
         ]
-        assert [(f["result"], f["done"]) for f in await c.rpc_frames("count", 0)] == [
-            (None, True)
-        ]
+        assert [(f["result"], f["done"]) for f in await c.rpc_frames("count", 0)] == [(None, True)]
 
 
 async def test_rpc_stream_error(conformance_server: ServerProcess, agent_name: str) -> None:
     async with Client.connect(conformance_server.ws_url("counter", agent_name)) as c:
         frames = await c.rpc_frames("count", -1)
-        assert frames == [{
-            "type": "rpc", "id": "req-1", "success": False,
-            "error": "n must be an integer between 0 and 10000",
-        }]
+        assert frames == [
+            {
+                "type": "rpc",
+                "id": "req-1",
+                "success": False,
+                "error": "n must be an integer between 0 and 10000",
+            }
+        ]
 
 
 @pytest.mark.parametrize(
@@ -175,12 +182,14 @@ async def test_state_validation_rejects(features_server: ServerProcess, agent_na
         for bad in ({"forbidden": True}, [1, 2], "a string", None):
             await a.send({"type": "cf_agent_state", "state": bad})
             assert await a.recv_json() == {
-                "type": "cf_agent_state_error", "error": "State update rejected",
+                "type": "cf_agent_state_error",
+                "error": "State update rejected",
             }
         await a.send({"type": "cf_agent_state", "state": {"items": ["ok"], "version": 1}})
         # b saw only the accepted one
         assert await b.recv_json() == {
-            "type": "cf_agent_state", "state": {"items": ["ok"], "version": 1},
+            "type": "cf_agent_state",
+            "state": {"items": ["ok"], "version": 1},
         }
         assert await a.call("get_state") == {"items": ["ok"], "version": 1}
 
@@ -191,21 +200,24 @@ async def test_readonly_connection(features_server: ServerProcess, agent_name: s
     async with Client.connect(ro_url) as ro, Client.connect(url) as rw:
         await ro.send({"type": "cf_agent_state", "state": {"items": ["hack"], "version": 9}})
         assert await ro.recv_json() == {
-            "type": "cf_agent_state_error", "error": "Connection is readonly",
+            "type": "cf_agent_state_error",
+            "error": "Connection is readonly",
         }
         assert await ro.call("get_state") == {"items": [], "version": 0}
         # readonly still receives broadcasts and may call methods ...
         await rw.send({"type": "cf_agent_state", "state": {"items": ["x"], "version": 1}})
         assert await ro.recv_json() == {
-            "type": "cf_agent_state", "state": {"items": ["x"], "version": 1},
+            "type": "cf_agent_state",
+            "state": {"items": ["x"], "version": 1},
         }
         assert await ro.call("notes") == []
         # ... but not change state through one (the npm server's `setState` refuses too)
-        with pytest.raises(RpcFailed, match="^Connection is readonly$"):
+        with pytest.raises(RpcFailed, match=r"^Connection is readonly$"):
             await ro.call("bump")
         assert await rw.call("bump", skip_other=True) == 2
         assert await ro.recv_json() == {
-            "type": "cf_agent_state", "state": {"items": ["x"], "version": 2},
+            "type": "cf_agent_state",
+            "state": {"items": ["x"], "version": 2},
         }
 
 
@@ -363,7 +375,9 @@ async def test_before_connect_refuses_ws_with_http_status(
     assert info.value.response.status_code == status
 
 
-@pytest.mark.parametrize(("query", "status"), [("", 401), ("?token=wrong", 403), ("?token=s3cret", 200)])
+@pytest.mark.parametrize(
+    ("query", "status"), [("", 401), ("?token=wrong", 403), ("?token=s3cret", 200)]
+)
 def test_before_connect_guards_http(
     features_server: ServerProcess, agent_name: str, query: str, status: int
 ) -> None:
@@ -387,7 +401,9 @@ def test_on_request_and_sql(features_server: ServerProcess, agent_name: str) -> 
     assert body["name"] == agent_name and body["method"] == "GET" and body["notes"] == []
     evil = "'); DROP TABLE notes; --"
     status, body = http(
-        features_server, f"/agents/features/{agent_name}/sub/path", method="POST",
+        features_server,
+        f"/agents/features/{agent_name}/sub/path",
+        method="POST",
         body=evil.encode(),
     )
     assert status == 200
@@ -395,13 +411,14 @@ def test_on_request_and_sql(features_server: ServerProcess, agent_name: str) -> 
     assert body["notes"] == [evil]
 
 
-async def test_http_and_ws_share_one_agent(
-    features_server: ServerProcess, agent_name: str
-) -> None:
+async def test_http_and_ws_share_one_agent(features_server: ServerProcess, agent_name: str) -> None:
     async with Client.connect(features_server.ws_url("features", agent_name)) as c:
         assert await c.call("add_note", "from ws") == 1
         await asyncio.to_thread(
-            http, features_server, f"/agents/features/{agent_name}", method="POST",
+            http,
+            features_server,
+            f"/agents/features/{agent_name}",
+            method="POST",
             body=b"from http",
         )
         assert await c.call("notes") == ["from ws", "from http"]

@@ -78,7 +78,9 @@ def test_features(features_server: ServerProcess, agent_name: str) -> None:
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
-def test_reconnect_after_restart(server_factory: ServerFactory, agent_name: str, kill: bool) -> None:
+def test_reconnect_after_restart(
+    server_factory: ServerFactory, agent_name: str, kill: bool
+) -> None:
     srv = server_factory(CONFORMANCE_APP)
     assert NODE is not None
     proc = subprocess.Popen(

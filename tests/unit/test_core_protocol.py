@@ -57,8 +57,9 @@ def test_invalid_json_is_plain(raw: str) -> None:
     assert msg.parsed is None
 
 
-@pytest.mark.parametrize(("raw", "parsed"), [("[1,2]", [1, 2]), ("42", 42), ('"s"', "s"),
-                                             ("null", None), ("true", True)])
+@pytest.mark.parametrize(
+    ("raw", "parsed"), [("[1,2]", [1, 2]), ("42", 42), ('"s"', "s"), ("null", None), ("true", True)]
+)
 def test_non_object_json_is_plain(raw: str, parsed: Any) -> None:
     msg = core.parse(raw)
     assert isinstance(msg, core.PlainMessage)
@@ -80,18 +81,24 @@ def test_deeply_nested_json_does_not_raise() -> None:
 
 def test_identity_frames() -> None:
     assert core.identity("n", "counter", state_follows=True) == {
-        "type": "cf_agent_identity", "name": "n", "agent": "counter", "stateFollows": True,
+        "type": "cf_agent_identity",
+        "name": "n",
+        "agent": "counter",
+        "stateFollows": True,
     }
     # stateFollows must be absent (not false) when there is no state
     assert core.identity("n", "counter", state_follows=False) == {
-        "type": "cf_agent_identity", "name": "n", "agent": "counter",
+        "type": "cf_agent_identity",
+        "name": "n",
+        "agent": "counter",
     }
 
 
 def test_state_and_errors() -> None:
     assert core.state({"a": 1}) == {"type": "cf_agent_state", "state": {"a": 1}}
     assert core.state_error("Connection is readonly") == {
-        "type": "cf_agent_state_error", "error": "Connection is readonly",
+        "type": "cf_agent_state_error",
+        "error": "Connection is readonly",
     }
 
 
@@ -104,11 +111,18 @@ def test_mcp_servers_empty_form() -> None:
 
 def test_rpc_results() -> None:
     assert core.rpc_result("7", 5) == {
-        "type": "rpc", "id": "7", "success": True, "result": 5, "done": True,
+        "type": "rpc",
+        "id": "7",
+        "success": True,
+        "result": 5,
+        "done": True,
     }
     assert core.rpc_result("7", 1, done=False)["done"] is False
     assert core.rpc_error("7", "Method x does not exist") == {
-        "type": "rpc", "id": "7", "success": False, "error": "Method x does not exist",
+        "type": "rpc",
+        "id": "7",
+        "success": False,
+        "error": "Method x does not exist",
     }
 
 

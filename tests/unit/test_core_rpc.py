@@ -42,7 +42,7 @@ class Sample(Agent):
         return "never"
 
     @callable
-    def __dunder__(self) -> str:  # noqa: PLW3201
+    def __dunder__(self) -> str:
         return "never"
 
     def undecorated(self) -> str:

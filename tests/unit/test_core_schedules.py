@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from tests.integration.server import async_wait_until
 
 from callroom import Agent, Connection
 from callroom.config import Settings
 from callroom.errors import ScheduleError
 from callroom.host import AgentHost
-from tests.integration.server import async_wait_until
 
 
 class Planner(Agent):
@@ -133,10 +133,10 @@ async def test_due_schedules_fire_in_order_once(host: AgentHost) -> None:
     await agent.schedule(0, "ring", "first")
     await agent.schedule(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5), "ring", "past")
     await agent.schedule(0, "sync_ring", "sync")
-    await async_wait_until(lambda: len(Planner.fired) >= 3, timeout=10, what="3 schedules")
+    await async_wait_until(lambda: len(Planner.fired) >= 3, limit=10, what="3 schedules")
     assert sorted(p for _, p, _, _ in Planner.fired) == ["first", "past", "sync"]
     assert Planner.fired[0][1] == "past"  # earliest time first
-    await async_wait_until(lambda: agent.get_schedules() == [], timeout=10, what="rows gone")
+    await async_wait_until(lambda: agent.get_schedules() == [], limit=10, what="rows gone")
     assert len(Planner.fired) == 3
 
 
@@ -144,9 +144,9 @@ async def test_failing_callback_reported_and_others_still_fire(host: AgentHost) 
     agent = await host.get("planner", "a")
     await agent.schedule(0, "explode")
     await agent.schedule(0, "ring", "after")
-    await async_wait_until(lambda: Planner.fired, timeout=10, what="second schedule")
+    await async_wait_until(lambda: Planner.fired, limit=10, what="second schedule")
     assert Planner.errors == ["schedule callback failed"]
-    await async_wait_until(lambda: agent.get_schedules() == [], timeout=10, what="rows gone")
+    await async_wait_until(lambda: agent.get_schedules() == [], limit=10, what="rows gone")
 
 
 async def test_cron_rearms_after_firing(host: AgentHost) -> None:
@@ -155,7 +155,7 @@ async def test_cron_rearms_after_firing(host: AgentHost) -> None:
     # pretend the minute has come (no sleeping): move the row into the past
     agent.sql("UPDATE callroom_schedules SET time = ? WHERE id = ?", time.time() - 1, sched["id"])
     agent._sync_alarm()
-    await async_wait_until(lambda: Planner.fired, timeout=10, what="cron fire")
+    await async_wait_until(lambda: Planner.fired, limit=10, what="cron fire")
     assert Planner.fired[0][1:3] == ("tick", "cron")
     [row] = agent.get_schedules()
     assert row["id"] == sched["id"]
@@ -169,7 +169,7 @@ async def test_schedule_wakes_hibernated_agent(host: AgentHost) -> None:
     assert await host.hibernate_idle_async(now=time.monotonic() + 1e6) == 1
     assert not host.is_live("planner", "sleepy")
     del agent
-    await async_wait_until(lambda: Planner.fired, timeout=10, what="alarm on hibernated agent")
+    await async_wait_until(lambda: Planner.fired, limit=10, what="alarm on hibernated agent")
     name, payload, _, instance = Planner.fired[0]
     assert (name, payload) == ("sleepy", "wake")
     assert instance != first_instance  # a new instance was woken from storage
@@ -188,7 +188,7 @@ async def test_schedules_survive_a_new_host(tmp_path: Path) -> None:
     second = AgentHost([Planner], Settings(data_dir=tmp_path, idle_seconds=3600))
     await second.start()
     try:
-        await async_wait_until(lambda: Planner.fired, timeout=10, what="fire after restart")
+        await async_wait_until(lambda: Planner.fired, limit=10, what="fire after restart")
         assert Planner.fired[0][:2] == ("durable", "later")
     finally:
         await second.stop()

@@ -54,9 +54,16 @@ def test_migrations_are_idempotent(tmp_path: Path) -> None:
     second = AgentStorage(path)  # and so is opening an existing file
     try:
         assert second.sql("PRAGMA user_version") == [{"user_version": _SCHEMA_VERSION}]
-        tables = {r["name"] for r in second.sql("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"callroom_kv", "callroom_schedules", "callroom_connections",
-                "callroom_messages", "mine"} <= tables
+        tables = {
+            r["name"] for r in second.sql("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        assert {
+            "callroom_kv",
+            "callroom_schedules",
+            "callroom_connections",
+            "callroom_messages",
+            "mine",
+        } <= tables
         assert second.sql("SELECT x FROM mine") == [{"x": 1}]
         assert second.get_json("state") == {"n": 1}
     finally:

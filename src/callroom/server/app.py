@@ -93,6 +93,12 @@ def create_app(
         await ws.accept()
         await ws.close(CLOSE_POLICY, "bad agent address: use /agents/<class>/<name>")
 
+    async def metrics(request: Request) -> Response:
+        from callroom.voice.metrics import render_metrics
+
+        body, content_type = render_metrics(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
     async def health(_: Request) -> Response:
         return JSONResponse({"ok": True, "live_agents": host.live_count})
 
@@ -108,6 +114,7 @@ def create_app(
     all_routes: list[BaseRoute] = [
         *routes,
         Route("/healthz", health),
+        Route("/metrics", metrics),
         WebSocketRoute("/agents/{agent}/{name}", ws_endpoint),
         Route("/agents/{agent}/{name}", http_endpoint, methods=methods),
         Route("/agents/{agent}/{name}/{rest:path}", http_endpoint, methods=methods),

@@ -483,7 +483,6 @@ class Call:
             raise
         except Exception as exc:
             outcome = "error"
-            log.exception("call %s: turn failed", self.call_id)
             await agent.on_error(exc, conn)
             conn.send_json(vp.error(agent.apology_text, stage="pipeline"))
             with contextlib.suppress(Exception):
@@ -495,6 +494,12 @@ class Call:
             timings.mark("end")
             if source != "speak":
                 count_turn(source, outcome)
+                # One structured line per turn: ids and timings only, never audio or text.
+                log.info(
+                    "turn call=%s turn=%s source=%s outcome=%s %s",
+                    self.call_id, turn_id, source, outcome,
+                    " ".join(f"{k}={v:.0f}" for k, v in timings.stages().items()),
+                )
                 with contextlib.suppress(Exception):
                     conn.send_json(timings.turn_metrics_message(turn_id, source, outcome))
             if outcome != "aborted":

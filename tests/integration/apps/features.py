@@ -109,7 +109,9 @@ class Features(Agent):
     async def fired_callback(self, payload: dict[str, Any], schedule: Any) -> None:
         self.sql(
             "INSERT INTO fired (tag, starts, at) VALUES (?, ?, ?)",
-            payload["tag"], self.starts(), schedule["time"],
+            payload["tag"],
+            self.starts(),
+            schedule["time"],
         )
         self.broadcast({"type": "fired", "tag": payload["tag"], "starts": self.starts()})
 

@@ -14,7 +14,9 @@ from callroom.voice.agent import VoiceAgent
 from callroom.voice.pipeline import TurnContext
 
 PROVIDERS = VoiceProviders(
-    vad=EnergyVAD(), stt=DurationSTT(), tts=ToneTTS(seconds_per_word=0.25),
+    vad=EnergyVAD(),
+    stt=DurationSTT(),
+    tts=ToneTTS(seconds_per_word=0.25),
     turn=FixedTurnDetector(0.9),
 )
 

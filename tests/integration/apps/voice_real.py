@@ -31,8 +31,10 @@ def scripted_reply(transcript: str) -> str:
         return APPOINTMENT_REPLY
     if "patient" in t or re.search(r"\bid\b", t):
         digits = re.findall(r"\d", t)
-        return f"Thank you, I have noted the ID {' '.join(digits)}." if digits else (
-            "Thank you, I have noted your ID."
+        return (
+            f"Thank you, I have noted the ID {' '.join(digits)}."
+            if digits
+            else ("Thank you, I have noted your ID.")
         )
     return FALLBACK_REPLY
 
