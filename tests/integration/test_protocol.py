@@ -306,18 +306,26 @@ async def test_far_oversize_frame_closes_only_that_connection(
 
 
 # -- addressing -------------------------------------------------------------------------------
-BAD_NAMES = [".hidden", "a%20b", "caf%C3%A9", "%2E%2E", "..", "a%00b", "x" * 129, "a%0Ab"]
+BAD_NAMES = [".hidden", "a%20b", "caf%C3%A9", "%2E%2E", "..", ".", "a%00b", "x" * 129, "a%0Ab"]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_bad_name_http_400(features_server: ServerProcess, name: str) -> None:
-    # urllib would normalise `..`; send the raw path
+    # http.client sends the path as is (urllib would normalise the dot segments)
     status, body = _raw_http(features_server, f"/agents/features/{name}")
-    if name == "..":
-        assert status in (400, 404)  # routers may resolve the dot segment first
-    else:
-        assert status == 400
-        assert body["code"] == "bad_agent_name"
+    assert status == 400
+    assert body["code"] == "bad_agent_name"
+
+
+def test_encoded_slash_cannot_smuggle_a_path_into_the_name(
+    features_server: ServerProcess, agent_name: str
+) -> None:
+    """`%2F` is decoded before routing: the segment before it is the name, the rest is the
+    sub-path `on_request` sees, so the name is still one validated segment."""
+    status, body = _raw_http(features_server, f"/agents/features/{agent_name}%2F..%2F..%2Fx")
+    assert status == 200
+    assert body["name"] == agent_name
+    assert body["path"] == f"/agents/features/{agent_name}/../../x"
 
 
 def _raw_http(srv: ServerProcess, path: str) -> tuple[int, dict[str, Any]]:
