@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -63,33 +63,64 @@ class TurnContext:
 TurnResult = str | AsyncIterator[str] | None
 
 
+@runtime_checkable
+class PlaybackCursor(Protocol):
+    """A connection that knows how much of the audio sent to it has been played.
+
+    Twilio echoes our `mark`s as it plays, so its connection can tell; a browser client
+    cannot, and there the playback position is a wall-clock estimate from the first audio
+    sent. Positions are in samples at the call's output rate.
+    """
+
+    def samples_sent(self) -> int:
+        """Samples accepted by `send` so far (including audio not yet on the wire)."""
+        ...
+
+    def samples_played(self, now: float) -> float:
+        """Samples played by `now`, on the connection's own count (≤ `samples_sent()`)."""
+        ...
+
+
 class _Playback:
     """What was sent for one reply, to tell which part the caller actually heard."""
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, cursor: PlaybackCursor | None = None) -> None:
         self.rate = rate
+        self.cursor = cursor
         self.pieces: list[tuple[str, int]] = []  # (clause text, samples) in send order
         self.started_at: float | None = None
+        self.total = 0
+        self._origin = 0  # the cursor's position where this reply's audio starts
 
     def add(self, text: str, samples: int, now: float) -> None:
+        """Record audio just handed to the connection (call right after `conn.send`)."""
         if self.started_at is None and samples:
             self.started_at = now
+            if self.cursor is not None:
+                self._origin = self.cursor.samples_sent() - samples
+        self.total += samples
         if self.pieces and self.pieces[-1][0] == text:
             self.pieces[-1] = (text, self.pieces[-1][1] + samples)
         else:
             self.pieces.append((text, samples))
 
-    def ends_at(self) -> float | None:
-        """When the client will have played everything sent (gapless playback)."""
+    def played(self, now: float) -> float:
+        """Samples of this reply the caller has heard by `now`."""
         if self.started_at is None:
-            return None
-        return self.started_at + sum(n for _, n in self.pieces) / self.rate
+            return 0.0
+        if self.cursor is not None:
+            return max(0.0, self.cursor.samples_played(now) - self._origin)
+        return (now - self.started_at) * self.rate  # gapless playback from the first send
+
+    def playing(self, now: float) -> bool:
+        """Is the caller still hearing this reply?"""
+        return self.started_at is not None and self.played(now) < self.total
 
     def heard_text(self, now: float) -> str:
         """Text whose audio has been played by `now`, cut at a word boundary."""
         if self.started_at is None:
             return ""
-        played = (now - self.started_at) * self.rate
+        played = self.played(now)
         out: list[str] = []
         for text, samples in self.pieces:
             if played >= samples:
@@ -124,7 +155,11 @@ class Call:
         self.call_id = call_id
         self.output_rate = output_rate
         self.clock: Clock = clock or RealClock()
-        self.turns = tt.TurnTaker(turn_config, frame_ms=FRAME_S * 1000)
+        self.turns = tt.TurnTaker(
+            turn_config, frame_ms=FRAME_S * 1000,
+            uses_acoustic=providers is not None and providers.turn is not None,
+        )
+        self._cursor = conn if isinstance(conn, PlaybackCursor) else None
         self.text_only = providers is None
         self.providers = providers or VoiceProviders(vad=None, stt=None)  # type: ignore[arg-type]
         self._vad = providers.vad.stream() if providers else None
@@ -239,10 +274,7 @@ class Call:
         if self._speaking:
             return True
         done = self._played
-        if done is None:
-            return False
-        end = done[0].ends_at()
-        return end is not None and now < end
+        return done is not None and done[0].playing(now)
 
     def _on_speech_started(self, arrival: float) -> None:
         self._speech_start_wall = arrival
@@ -290,7 +322,11 @@ class Call:
         self.agent._fire_hook(self.agent.on_interrupt(self.conn), self.conn)
 
     async def _settle_check(self, generation: int, stt: STTStream) -> None:
-        text = await stt.settled()
+        try:
+            text = await stt.settled()
+        except Exception:
+            log.exception("incremental transcription failed; the final pass will redo it")
+            text = ""
         if text:
             self.conn.send_json(vp.transcript_interim(_join(self._pending_user, text)))
         ev = self.turns.on_completeness(generation, self._audio_t, acoustic=None, text=text)
@@ -305,8 +341,8 @@ class Call:
         try:
             p = await detector.completion_probability(audio)
         except Exception:
-            log.exception("end-of-turn model failed; falling back to silence cap")
-            return
+            log.exception("end-of-turn model failed; the transcript alone decides")
+            p = self.turns.config.rescue_threshold
         ev = self.turns.on_completeness(generation, self._audio_t, acoustic=p, text=None)
         if ev is not None:
             self._on_end_of_turn(ev, self.clock.now())
@@ -429,7 +465,7 @@ class Call:
         outcome = "completed"
         self._reply_text = []
         self._current_user_text = ""
-        playback = _Playback(self.output_rate)
+        playback = _Playback(self.output_rate, self._cursor)
         self._playback = playback
         try:
             result: TurnResult
@@ -487,7 +523,7 @@ class Call:
             conn.send_json(vp.error(agent.apology_text, stage="pipeline"))
             with contextlib.suppress(Exception):
                 await self._speak_result(
-                    agent.apology_text, timings, _Playback(self.output_rate), audio
+                    agent.apology_text, timings, _Playback(self.output_rate, self._cursor), audio
                 )
         finally:
             self._speaking = False
@@ -624,6 +660,19 @@ class Call:
         was_busy = self.busy
         self._cancel_reply(record=True)
         return was_busy
+
+    def barge_in(self) -> bool:
+        """Stop what the caller hears now, as if they had spoken over it (a key press on a
+        phone): `playback_interrupt`, history cut back to what was heard. False if silent."""
+        now = self.clock.now()
+        if self.busy and (self._speaking or (self._playback and self._playback.started_at)):
+            self._barge_in()
+            return True
+        if self._played is not None and self._playing(now):
+            self._barge_in_tail(now)
+            self._played = None
+            return True
+        return False
 
     def text_turn(self, text: str, *, audio: bool) -> asyncio.Task[None]:
         now = self.clock.now()

@@ -76,7 +76,7 @@ _DANGLING = frozenset(
     if when while than then as like um uh er erm hmm please number id is zero one two three
     four five six seven eight nine""".split()
 )
-_WORD = re.compile(r"[a-z']+")
+_WORD = re.compile(r"[a-z0-9']+")
 
 
 def transcript_looks_complete(text: str) -> bool | None:
@@ -101,8 +101,16 @@ def transcript_looks_complete(text: str) -> bool | None:
 class TurnTaker:
     """Frame-by-frame turn state for one call."""
 
-    def __init__(self, config: TurnConfig | None = None, frame_ms: float = 32.0) -> None:
+    def __init__(
+        self, config: TurnConfig | None = None, frame_ms: float = 32.0, *,
+        uses_acoustic: bool = True,
+    ) -> None:
         self.config = config or TurnConfig()
+        self.uses_acoustic = uses_acoustic
+        """Whether an end-of-turn model answers `CheckCompleteness` (else text alone)."""
+        self._text: str | None = None
+        self._text_pending = False
+        self._acoustic_pending = False
         self.frame_ms = frame_ms
         self.phase = Phase.IDLE
         self._run = 0
@@ -146,34 +154,49 @@ class TurnTaker:
         silence_ms = (now - self._last_voiced) * 1000
         if not self._paused and silence_ms >= cfg.pause_ms:
             self._paused = True
+            self._text_pending = True
             events.append(Paused(now))
         if not self._checked and silence_ms >= cfg.check_ms:
             self._checked = True
+            self._acoustic_pending = True
             events.append(CheckCompleteness(self.generation, now))
         if silence_ms >= cfg.max_wait_ms:
             events.append(self._end(now, "timeout"))
         return events
 
     def on_completeness(
-        self, generation: int, now: float, *, acoustic: float | None, text: str | None
+        self, generation: int, now: float, *, acoustic: float | None = None,
+        text: str | None = None,
     ) -> EndOfTurn | None:
-        """Completeness evidence for the current silence; ends the turn if it is convincing.
+        """Evidence about the current silence: the end-of-turn model's probability
+        (`acoustic`) and/or the transcript of everything said up to the pause (`text`).
 
-        May be called again for the same silence when a fresher transcript arrives.
+        Both signals must be in before a turn ends early: the acoustic model alone misjudges
+        some fragments (synthetic voices end "my ID is" with a falling, final-sounding tone),
+        and the transcript is needed for the reply anyway, so waiting for it costs no
+        voice-to-voice time. A transcript ending mid-sentence vetoes; a finished-looking one
+        rescues a doubtful acoustic score; the `max_wait_ms` cap still ends every turn.
         """
         if generation != self.generation or self.phase is not Phase.SILENCE:
             return None
         if acoustic is not None:
             self._acoustic = acoustic
-        p = self._acoustic
-        lexical = transcript_looks_complete(text) if text is not None else None
+            self._acoustic_pending = False
+        if text is not None:
+            self._text = text
+            self._text_pending = False
+        if self._text_pending or (self.uses_acoustic and self._acoustic_pending):
+            return None
         cfg = self.config
+        p = self._acoustic if self.uses_acoustic else None
+        lexical = transcript_looks_complete(self._text or "")
         if lexical is False:
             return None
-        if p is not None and p >= cfg.complete_threshold:
-            return self._end(now, "complete")
         if lexical is True and (p is None or p >= cfg.rescue_threshold):
-            return self._end(now, "transcript")
+            return self._end(now, "complete" if p is None or p >= cfg.complete_threshold
+                             else "transcript")
+        if lexical is None and p is not None and p >= cfg.complete_threshold:
+            return self._end(now, "complete")
         return None
 
     def _begin_speech(self) -> None:
@@ -181,6 +204,9 @@ class TurnTaker:
         self._paused = False
         self._checked = False
         self._acoustic = None
+        self._text = None
+        self._text_pending = False
+        self._acoustic_pending = False
 
     def _end(self, now: float, reason: str) -> EndOfTurn:
         ev = EndOfTurn(self._last_voiced, now, reason)
