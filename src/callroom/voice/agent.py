@@ -101,6 +101,12 @@ class VoiceAgent(Agent):
 
     async def on_interrupt(self, connection: Connection) -> None: ...
 
+    async def on_dtmf(self, digit: str, connection: Connection) -> bool | None:
+        """A key pressed on a phone call (telephony only: `0-9`, `*`, `#`). Return True when
+        handled; otherwise the key becomes a text turn ("The caller pressed 5"), so the
+        default LLM turn can follow a spoken menu without code."""
+        return None
+
     async def after_transcribe(self, transcript: str, connection: Connection) -> str | None:
         """Edit the caller's words before the turn; None skips the turn."""
         return transcript
@@ -255,7 +261,13 @@ class VoiceAgent(Agent):
             )
             connection.send_json(vp.status("idle"))
             return
-        rate = self.output_sample_rate or (providers.tts.sample_rate if providers.tts else 16000)
+        # A transport with a fixed audio rate (telephony: 8 kHz) says so on its connection;
+        # the call then renders speech at that rate directly (one resampling, not two).
+        rate = (
+            getattr(connection, "output_rate", None)
+            or self.output_sample_rate
+            or (providers.tts.sample_rate if providers.tts else 16000)
+        )
         state = connection.state if isinstance(connection.state, dict) else {}
         call_id = state.get("call_id") or uuid.uuid4().hex[:12]
         call = Call(self, connection, providers, call_id=call_id, output_rate=rate,
@@ -276,8 +288,16 @@ class VoiceAgent(Agent):
             return
         if after_reply and call._reply is not None and not call._reply.done():
             await asyncio.wait({call._reply})
+        if after_reply:
+            # Let the last words play out (the client stops playback on `idle`), bounded.
+            end = call.playback_end()
+            if end is not None:
+                await asyncio.sleep(min(10.0, max(0.0, end - call.clock.now())))
         if self._calls.pop(connection.id, None) is not None:
             self._host.active_calls -= 1
+        # Mic frames already in flight when the call ends (the client stops its mic only when
+        # it sees `status: idle`) are dropped silently, not reported as a protocol error.
+        self._no_call_warned.add(connection.id)
         await call.close()
         connection.send_json(vp.status("idle"))
         await _guarded(self, self.on_call_end(connection), connection)

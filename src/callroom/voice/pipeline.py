@@ -299,6 +299,13 @@ class Call:
     def _barge_in_tail(self, now: float) -> None:
         """Barge-in on a reply whose text is complete but whose audio is still playing: the
         saved message is cut back to what was heard."""
+        self._cut_history_to_heard(now)
+        self.conn.send_json(vp.playback_interrupt())
+        self.conn.send_json(vp.status("listening"))
+        self.agent._fire_hook(self.agent.on_interrupt(self.conn), self.conn)
+
+    def _cut_history_to_heard(self, now: float) -> None:
+        """The last reply was saved whole; the caller stopped it at `now`: keep the heard part."""
         assert self._played is not None
         playback, seq = self._played
         self.conn.discard_pending_audio()
@@ -309,11 +316,16 @@ class Call:
             self.agent.sql(
                 "UPDATE callroom_messages SET content = ?, meta = ? WHERE seq = ?", heard, meta, seq
             )
-        self.conn.send_json(vp.playback_interrupt())
-        self.conn.send_json(vp.status("listening"))
-        self.agent._fire_hook(self.agent.on_interrupt(self.conn), self.conn)
 
     _played: tuple[_Playback, int] | None = None
+
+    def playback_end(self) -> float | None:
+        """When the client will have finished playing the last reply (None: nothing queued)."""
+        if self._played is None:
+            return None
+        playback = self._played[0]
+        now = self.clock.now()
+        return now + max(0.0, playback.total - playback.played(now)) / playback.rate
 
     def _barge_in(self) -> None:
         self._cancel_reply(record=True)
@@ -482,8 +494,12 @@ class Call:
                 self._user_seq = agent._history().append(
                     {"role": "user", "content": text}, call_id=self.call_id
                 )
-                conn.send_json(vp.transcript("user", text))
-                conn.send_json(vp.status("thinking"))
+                if source == "text":  # the npm server's order for text turns
+                    conn.send_json(vp.status("thinking"))
+                    conn.send_json(vp.transcript("user", text))
+                else:
+                    conn.send_json(vp.transcript("user", text))
+                    conn.send_json(vp.status("thinking"))
                 ctx = TurnContext(
                     connection=conn,
                     messages=prior,
@@ -656,8 +672,14 @@ class Call:
 
     # -- other entry points -------------------------------------------------------------------
     def interrupt(self) -> bool:
-        """Client `interrupt`: abort the reply, keep what was heard."""
+        """Client `interrupt`: abort the reply, keep what was heard (also when the reply was
+        fully sent and only its tail was still playing at the client)."""
         was_busy = self.busy
+        now = self.clock.now()
+        if not was_busy and self._played is not None and self._playing(now):
+            self._cut_history_to_heard(now)
+            self._played = None
+            return True
         self._cancel_reply(record=True)
         return was_busy
 
@@ -665,7 +687,8 @@ class Call:
         """Stop what the caller hears now, as if they had spoken over it (a key press on a
         phone): `playback_interrupt`, history cut back to what was heard. False if silent."""
         now = self.clock.now()
-        if self.busy and (self._speaking or (self._playback and self._playback.started_at)):
+        playback = self._playback
+        if self.busy and (self._speaking or (playback and playback.started_at is not None)):
             self._barge_in()
             return True
         if self._played is not None and self._playing(now):
