@@ -9,7 +9,7 @@ What it does (everything over real loopback WebSockets, nothing mocked):
    `callroom.cli.serve` (the same uvicorn config as `callroom serve`). The child adds a few
    bench-only routes under `/_bench/` (they are not part of callroom):
    `POST /_bench/trim` (gc.collect + glibc malloc_trim(0)), `POST /_bench/hibernate`
-   (`host.hibernate_idle_async(now=+inf)`: what the idle loop does after `idle_seconds`, forced now),
+   (`host.hibernate_idle_async(now=+inf)`: the idle sweep, forced now),
    `GET|DELETE /_bench/wake_times` (`host.wake_times`), `GET /_bench/stats`,
    `POST /_bench/profile/{start,stop}` (cProfile of the event-loop thread) and a plain
    Starlette echo WebSocket `/_bench/echo` (the floor: uvicorn + Starlette + client, no callroom).

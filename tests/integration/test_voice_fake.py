@@ -32,7 +32,9 @@ async def _start_call(c: VoiceTestClient) -> None:
     await c.wait_type("status", status="listening")
 
 
-async def test_handshake_greeting_and_spoken_turn(voice_server: ServerProcess, agent_name: str) -> None:
+async def test_handshake_greeting_and_spoken_turn(
+    voice_server: ServerProcess, agent_name: str
+) -> None:
     async with VoiceTestClient(voice_server.ws_url("fake-voice", agent_name)) as c:
         await _start_call(c)
         # greeting is spoken: transcript + audio

@@ -66,10 +66,10 @@ class VoiceTestClient:
                 await asyncio.sleep(chunk_ms / 1000 * realtime)
 
     async def wait_for(
-        self, pred: Callable[[dict[str, Any]], bool], *, start: int = 0, timeout: float = TIMEOUT
+        self, pred: Callable[[dict[str, Any]], bool], *, start: int = 0, within: float = TIMEOUT
     ) -> dict[str, Any]:
         """First message at index ≥ `start` satisfying `pred`."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while True:
                 for msg in self.messages[start:]:
                     if pred(msg):

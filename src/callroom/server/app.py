@@ -18,7 +18,7 @@ from callroom.config import Settings
 from callroom.connection import CLOSE_POLICY
 from callroom.errors import BadAgentName, CallroomError, UnknownAgentClass
 from callroom.host import AgentHost
-from callroom.server.playground import agent_page, playground_routes
+from callroom.server.playground import agent_page, is_voice_agent, playground_routes
 from callroom.server.session import run_session
 
 log = logging.getLogger("callroom.server")
@@ -36,11 +36,14 @@ def create_app(
     *,
     on_before_connect: BeforeConnect | None = None,
     routes: Sequence[BaseRoute] = (),
+    telephony: bool = True,
 ) -> Starlette:
     """Build the ASGI app serving `agents`.
 
     `on_before_connect(request, agent_class, name)` runs before any agent is created or
     woken; returning a Response (401, 403, …) refuses the request or WebSocket upgrade.
+    With voice agents, the Twilio Media Streams routes (`/twilio/voice/<class>`,
+    `/twilio/stream/<class>`) are mounted unless `telephony=False`.
     """
     host = AgentHost(agents, settings)
 
@@ -124,9 +127,10 @@ def create_app(
         Route("/agents/{agent}/{name}/{rest:path}", http_endpoint, methods=methods),
         WebSocketRoute("/agents/{rest:path}", bad_ws_path),
     ]
-    for cls in agents:
-        for route in cls.extra_routes(host) if hasattr(cls, "extra_routes") else ():
-            all_routes.insert(0, route)
+    if telephony and any(is_voice_agent(cls) for cls in agents):
+        from callroom.telephony.twilio import twilio_routes
+
+        all_routes[len(routes):len(routes)] = twilio_routes()
     app = Starlette(routes=all_routes, lifespan=lifespan)
     app.state.host = host
     return app

@@ -24,7 +24,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 INDEX = STATIC_DIR / "index.html"
 
 
-def _is_voice(cls: type[Agent]) -> bool:
+def is_voice_agent(cls: type[Agent]) -> bool:
     from callroom.voice.agent import VoiceAgent  # lazy: keeps the core import light
 
     return issubclass(cls, VoiceAgent)
@@ -50,7 +50,7 @@ def playground_routes(host: AgentHost) -> list[BaseRoute]:
         listed = [
             {"segment": segment, "class": cls.__name__, "description": _summary(cls)}
             for segment, cls in sorted(host.classes.items())
-            if _is_voice(cls)
+            if is_voice_agent(cls)
         ]
         return JSONResponse({"agents": listed})
 
@@ -71,6 +71,6 @@ def agent_page(request: Request, cls: type[Agent]) -> Response | None:
         return None
     if "text/html" not in request.headers.get("accept", ""):
         return None
-    if cls.on_request is not Agent.on_request or not _is_voice(cls):
+    if cls.on_request is not Agent.on_request or not is_voice_agent(cls):
         return None
     return _page()
