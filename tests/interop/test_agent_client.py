@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ import pytest
 from callroom.protocol.names import camel_to_kebab
 from tests.conftest import ServerFactory
 from tests.integration.server import CONFORMANCE_APP, ServerProcess
+from tests.interop.restart import run_with_restart
 from tests.unit.test_core_names import KEBAB_CASES
 
 HERE = Path(__file__).resolve().parent
@@ -83,51 +82,18 @@ def test_reconnect_after_restart(
 ) -> None:
     srv = server_factory(CONFORMANCE_APP)
     assert NODE is not None
-    proc = subprocess.Popen(
+    rc, output = run_with_restart(
         [NODE, str(HERE / "reconnect.mjs")],
         cwd=HERE,
         env=_env(srv, agent_name),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        server=srv,
+        kill=kill,
+        timeout=SCRIPT_TIMEOUT,
     )
-    lines: queue.Queue[str | None] = queue.Queue()
-    seen: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        while True:
-            try:
-                line = lines.get(timeout=SCRIPT_TIMEOUT)
-            except queue.Empty:
-                pytest.fail("reconnect.mjs never asked for a restart:\n" + "".join(seen))
-            if line is None:
-                pytest.fail("reconnect.mjs ended before the restart:\n" + "".join(seen))
-            seen.append(line)
-            if line.strip() == "RESTART_ME":
-                break
-        srv.restart(kill=kill)
-        try:
-            rc = proc.wait(SCRIPT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail("reconnect.mjs hung after the restart:\n" + "".join(seen))
-        while (line := lines.get(timeout=5)) is not None:
-            seen.append(line)
-        output = "".join(seen)
-        assert rc == 0, f"reconnect.mjs exited {rc}\n{output}"
-        assert "PASS" in output, output
-        if not kill:
-            assert "closed with 1001" in output, output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+    assert rc == 0, f"reconnect.mjs exited {rc}\n{output}"
+    assert "PASS" in output, output
+    if not kill:
+        assert "closed with 1001" in output, output
 
 
 def test_kebab_case_matches_npm() -> None:

@@ -9,10 +9,8 @@ when `node` or node_modules are missing.
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 
 from tests.conftest import ServerFactory
 from tests.integration.server import ServerProcess
+from tests.interop.restart import run_with_restart
 
 HERE = Path(__file__).resolve().parent
 APP = HERE.parent / "integration" / "apps" / "voice_fake.py"
@@ -79,48 +78,15 @@ def test_voice_client_reconnects_mid_call(
 ) -> None:
     """The server restarts mid-call; the client reconnects, re-sends start_call, goes on."""
     srv = server_factory(APP)
-    proc = subprocess.Popen(
+    rc, output = run_with_restart(
         _command(srv, agent_name, "reconnect"),
         cwd=HERE,
         env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        server=srv,
+        kill=kill,
+        timeout=SCRIPT_TIMEOUT,
     )
-    lines: queue.Queue[str | None] = queue.Queue()
-    seen: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        while True:
-            try:
-                line = lines.get(timeout=SCRIPT_TIMEOUT)
-            except queue.Empty:
-                pytest.fail("voice_client.mjs never asked for a restart:\n" + "".join(seen))
-            if line is None:
-                pytest.fail("voice_client.mjs ended before the restart:\n" + "".join(seen))
-            seen.append(line)
-            if line.strip() == "RESTART_ME":
-                break
-        srv.restart(kill=kill)
-        try:
-            rc = proc.wait(SCRIPT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail("voice_client.mjs hung after the restart:\n" + "".join(seen))
-        while (line := lines.get(timeout=5)) is not None:
-            seen.append(line)
-        output = "".join(seen)
-        assert rc == 0, f"voice_client.mjs exited {rc}\n{output}"
-        assert "PASS" in output, output
-        if not kill:
-            assert "close code is not terminal (1001)" in output, output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+    assert rc == 0, f"voice_client.mjs exited {rc}\n{output}"
+    assert "PASS" in output, output
+    if not kill:
+        assert "close code is not terminal (1001)" in output, output
