@@ -20,6 +20,7 @@ import httpx
 from callroom.errors import ProviderError
 from callroom.providers.base import LLMEvent, Message, ToolCall, ToolSpec
 from callroom.providers.llm.openai_compat import (
+    PooledHTTP,
     Sleep,
     map_finish_reason,
     open_sse,
@@ -130,7 +131,7 @@ def to_anthropic(messages: Sequence[Message]) -> tuple[str | None, list[dict[str
     return ("\n\n".join(system) or None), turns
 
 
-class AnthropicLLM:
+class AnthropicLLM(PooledHTTP):
     """Streams a reply from Anthropic's Messages API."""
 
     def __init__(
@@ -169,23 +170,6 @@ class AnthropicLLM:
 
     def __repr__(self) -> str:
         return f"AnthropicLLM(base_url={self.base_url!r}, model={self.model!r})"
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(
-                    connect=self.connect_timeout,
-                    read=self.read_timeout,
-                    write=self.connect_timeout,
-                    pool=self.connect_timeout,
-                )
-            )
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None and self._owns_client:
-            await self._client.aclose()
-            self._client = None
 
     def request_body(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec]

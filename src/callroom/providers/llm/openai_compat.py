@@ -388,7 +388,34 @@ def openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
     ]
 
 
-class OpenAICompatLLM:
+class PooledHTTP:
+    """One pooled httpx client per provider: a kept-alive connection saves a TCP+TLS
+    handshake (tens of ms) on every turn. Subclasses set the timeouts and `_client`."""
+
+    connect_timeout: float
+    read_timeout: float
+    _client: httpx.AsyncClient | None
+    _owns_client: bool
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(
+                    connect=self.connect_timeout,
+                    read=self.read_timeout,
+                    write=self.connect_timeout,
+                    pool=self.connect_timeout,
+                )
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+            self._client = None
+
+
+class OpenAICompatLLM(PooledHTTP):
     """Streams chat completions from any server speaking OpenAI's `/chat/completions`."""
 
     def __init__(
@@ -435,25 +462,6 @@ class OpenAICompatLLM:
         return (
             f"OpenAICompatLLM(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r})"
         )
-
-    def _http(self) -> httpx.AsyncClient:
-        # One pooled client per provider: a kept-alive connection saves a TCP+TLS handshake
-        # (tens of ms) on every turn.
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(
-                    connect=self.connect_timeout,
-                    read=self.read_timeout,
-                    write=self.connect_timeout,
-                    pool=self.connect_timeout,
-                )
-            )
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None and self._owns_client:
-            await self._client.aclose()
-            self._client = None
 
     def request_body(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec]

@@ -28,6 +28,7 @@ import httpx
 from callroom.providers.base import LLMEvent, Message, ToolSpec
 from callroom.providers.llm.openai_compat import (
     ChatChunkParser,
+    PooledHTTP,
     Sleep,
     clean_messages,
     open_sse,
@@ -83,7 +84,7 @@ def to_workers_ai(messages: Sequence[Message]) -> list[Message]:
     return out
 
 
-class WorkersAILLM:
+class WorkersAILLM(PooledHTTP):
     """Streams a reply from a Workers AI text-generation model."""
 
     def __init__(
@@ -119,23 +120,6 @@ class WorkersAILLM:
 
     def __repr__(self) -> str:
         return f"WorkersAILLM(model={self.model!r})"
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(
-                    connect=self.connect_timeout,
-                    read=self.read_timeout,
-                    write=self.connect_timeout,
-                    pool=self.connect_timeout,
-                )
-            )
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None and self._owns_client:
-            await self._client.aclose()
-            self._client = None
 
     def request_body(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec]
