@@ -68,15 +68,15 @@ class VoiceAgent(Agent):
         does not wait for them (skipped when a subclass brings its own providers)."""
         if cls.create_providers is VoiceAgent.create_providers:
             await asyncio.to_thread(_embedded_providers)
+        if cls.on_turn is VoiceAgent.on_turn and cls.get_llm is VoiceAgent.get_llm:
+            llm = _get_process_llm()
+            warm = getattr(llm, "warm_up", None)
+            if warm is not None:  # the embedded model: load it now, not on the first call
+                await warm()
 
     def get_llm(self) -> LLM:
         """The LLM of the default `on_turn`: from `CALLROOM_LLM` & co., one per process."""
-        global _process_llm
-        if _process_llm is None:
-            from callroom.providers.llm import make_llm
-
-            _process_llm = make_llm()
-        return _process_llm
+        return _get_process_llm()
 
     def system_prompt(self) -> str:
         return self.instructions
@@ -140,6 +140,9 @@ class VoiceAgent(Agent):
 
     def is_busy(self) -> bool:
         return bool(self._calls)
+
+    def _in_flight(self) -> bool:
+        return any(c.busy for c in (*self._calls.values(), *self._text_calls.values()))
 
     # -- internals ----------------------------------------------------------------------------
     def _history(self) -> History:
@@ -317,6 +320,15 @@ class VoiceAgent(Agent):
                              output_rate=16000, turn_config=self.turn_config)
             self._text_calls[connection.id] = text_call
         text_call.text_turn(text.strip(), audio=False)
+
+
+def _get_process_llm() -> LLM:
+    global _process_llm
+    if _process_llm is None:
+        from callroom.providers.llm import make_llm
+
+        _process_llm = make_llm()
+    return _process_llm
 
 
 _shared_providers: VoiceProviders | None = None

