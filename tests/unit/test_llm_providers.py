@@ -758,7 +758,7 @@ def test_workers_ai_history_normalisation() -> None:
             "@cf/meta/llama-3.3-70b-instruct-fp8-fast",
         ),
         ({"ANTHROPIC_API_KEY": "k"}, AnthropicLLM, None),  # auto
-        ({"CALLROOM_LLM_MODEL_PACKAGE": "no-such-package"}, ScriptedLLM, None),  # auto, nothing usable
+        ({"CALLROOM_LLM_MODEL_PACKAGE": "no-such-package"}, ScriptedLLM, None),  # auto: nothing
     ],
 )
 def test_make_llm_selects_the_provider(env: dict[str, str], cls: type, model: str | None) -> None:
