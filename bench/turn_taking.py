@@ -86,34 +86,79 @@ class Case:
 
 MID_SENTENCE = [
     Case("patient-id", ("My patient ID is", "four five six seven."), 0.7, "after 'is'", "4|four"),
-    Case("book-for", ("I would like to book an appointment for", "next Tuesday morning."), 0.6,
-         "after 'for'", "next"),
-    Case("check-and", ("Can you check my prescription and", "tell me when it is ready?"), 0.5,
-         "after 'and'", "tell"),
-    Case("phone-digits", ("The number is five five five", "one two three four."), 0.8,
-         "between digit groups", "-?1|one"),
-    Case("about-the", ("I'm calling about the", "bill I got last week."), 0.5, "after 'the'",
-         "bill"),
-    Case("cancel-my", ("I want to cancel my", "dentist appointment."), 0.4, "after 'my'",
-         "dentist"),
-    Case("possible-to", ("Is it possible to", "speak with Doctor Patel?"), 0.9, "after 'to'",
-         "speak"),
+    Case(
+        "book-for",
+        ("I would like to book an appointment for", "next Tuesday morning."),
+        0.6,
+        "after 'for'",
+        "next",
+    ),
+    Case(
+        "check-and",
+        ("Can you check my prescription and", "tell me when it is ready?"),
+        0.5,
+        "after 'and'",
+        "tell",
+    ),
+    Case(
+        "phone-digits",
+        ("The number is five five five", "one two three four."),
+        0.8,
+        "between digit groups",
+        "-?1|one",
+    ),
+    Case(
+        "about-the", ("I'm calling about the", "bill I got last week."), 0.5, "after 'the'", "bill"
+    ),
+    Case(
+        "cancel-my", ("I want to cancel my", "dentist appointment."), 0.4, "after 'my'", "dentist"
+    ),
+    Case(
+        "possible-to", ("Is it possible to", "speak with Doctor Patel?"), 0.9, "after 'to'", "speak"
+    ),
     Case("address-twelve", ("My address is twelve", "Oak Street."), 0.5, "after a number", "oak"),
-    Case("refill-my", ("I need a refill on my", "blood pressure medication."), 0.8, "after 'my'",
-         "blood"),
+    Case(
+        "refill-my",
+        ("I need a refill on my", "blood pressure medication."),
+        0.8,
+        "after 'my'",
+        "blood",
+    ),
     Case("okay-so", ("Okay so", "what time do you open on Saturday?"), 0.6, "after 'so'", "what"),
-    Case("email-is", ("Please send the results to my email, which is", "john at example dot com."),
-         0.7, "after 'is'", "john"),
-    Case("dob-march", ("My date of birth is March", "third, nineteen eighty."), 0.6,
-         "after a month name", "3|third"),
+    Case(
+        "email-is",
+        ("Please send the results to my email, which is", "john at example dot com."),
+        0.7,
+        "after 'is'",
+        "john",
+    ),
+    Case(
+        "dob-march",
+        ("My date of birth is March", "third, nineteen eighty."),
+        0.6,
+        "after a month name",
+        "3|third",
+    ),
 ]
 TWO_SENTENCES = [
-    Case("insurance", ("I have a question about my insurance.", "Do you accept Blue Cross?"), 0.7,
-         "two sentences"),
-    Case("confirm", ("Hi, this is John Smith.", "I'm calling to confirm my appointment."), 0.6,
-         "two sentences"),
-    Case("cleaning", ("I'd like to book a cleaning.", "Do you have anything on Monday?"), 0.5,
-         "two sentences"),
+    Case(
+        "insurance",
+        ("I have a question about my insurance.", "Do you accept Blue Cross?"),
+        0.7,
+        "two sentences",
+    ),
+    Case(
+        "confirm",
+        ("Hi, this is John Smith.", "I'm calling to confirm my appointment."),
+        0.6,
+        "two sentences",
+    ),
+    Case(
+        "cleaning",
+        ("I'd like to book a cleaning.", "Do you have anything on Monday?"),
+        0.5,
+        "two sentences",
+    ),
 ]
 COMPLETE = [
     Case("next-appointment", ("When is my next appointment?",)),
@@ -128,6 +173,10 @@ COMPLETE = [
     Case("yes", ("Yes.",)),
     Case("no-fine", ("No, that's fine.",)),
     Case("location", ("Where is the clinic located?",)),
+    Case("move-friday", ("Can I move it to Friday afternoon?",)),
+    Case("patel-next-week", ("Is Doctor Patel available next week?",)),
+    Case("bring-anything", ("Do I need to bring anything with me?",)),
+    Case("saturday-hours", ("What are your opening hours on Saturday?",)),
 ]
 
 GROUPS = {
@@ -167,8 +216,13 @@ def _fixture(case: Case, group: str, first: np.ndarray, last: np.ndarray) -> Fix
     start_last = sum(len(p) for p in parts)
     audio = np.concatenate([*parts, last, silence(TAIL_S)])
     first_v, last_v = voiced_bounds(last)
-    return Fixture(case, group, to_float32(audio), (start_last + last_v + 1) / RATE,
-                   (start_last + first_v) / RATE)
+    return Fixture(
+        case,
+        group,
+        to_float32(audio),
+        (start_last + last_v + 1) / RATE,
+        (start_last + first_v) / RATE,
+    )
 
 
 def fragments_fixture(case: Case, group: str) -> Fixture:
@@ -210,8 +264,12 @@ def spliced_fixture(case: Case, models: Models) -> Fixture:
     return _fixture(case, "mid-sentence, spliced", whole[:cut], whole[cut:])
 
 
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve".split())}
+_NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve".split()
+    )
+}
 
 
 def _norm_words(text: str) -> list[str]:
@@ -290,8 +348,14 @@ class Models:
 
         audio = to_float32(whole)
         model = models_module().whisper_model("tiny.en")
-        segments, _ = model.transcribe(audio, language="en", word_timestamps=True, beam_size=1,
-                                       condition_on_previous_text=False, vad_filter=False)
+        segments, _ = model.transcribe(
+            audio,
+            language="en",
+            word_timestamps=True,
+            beam_size=1,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
         words = [w for seg in segments for w in (seg.words or [])]
         assert case.anchor is not None
         hits = [w for w in words if re.match(case.anchor, w.word.strip().lower())]
@@ -301,8 +365,11 @@ class Models:
         win, hop = RATE // 100, RATE // 200
         idx = np.arange(max(0, t - RATE // 4), min(len(audio) - win, t + RATE // 20), hop)
         energy = np.array([np.sqrt(np.mean(audio[i : i + win] ** 2)) for i in idx])
-        minima = [j for j in range(1, len(energy) - 1)
-                  if energy[j] <= energy[j - 1] and energy[j] <= energy[j + 1]]
+        minima = [
+            j
+            for j in range(1, len(energy) - 1)
+            if energy[j] <= energy[j - 1] and energy[j] <= energy[j + 1]
+        ]
         minima = sorted(minima, key=lambda j: energy[j])[:8]
         pad = np.zeros(RATE // 4, np.float32)
         best: tuple[tuple[int, float], int] | None = None
@@ -310,14 +377,18 @@ class Models:
             cut = int(idx[j]) + win // 2
             t1 = self.stt.transcribe_blocking(np.concatenate([pad, audio[:cut], pad]))
             t2 = self.stt.transcribe_blocking(np.concatenate([pad, audio[cut:], pad]))
-            score = (word_errors(case.parts[0], t1) + word_errors(case.parts[1], t2),
-                     float(energy[j]))
+            score = (
+                word_errors(case.parts[0], t1) + word_errors(case.parts[1], t2),
+                float(energy[j]),
+            )
             if best is None or score < best[0]:
                 best = (score, cut)
         if best is None:
             raise RuntimeError(f"{case.name}: no cut candidates")
-        print(f"  splice {case.name}: cut at {best[1] / RATE:.3f} s, "
-              f"word errors {best[0][0]}", file=sys.stderr)
+        print(
+            f"  splice {case.name}: cut at {best[1] / RATE:.3f} s, word errors {best[0][0]}",
+            file=sys.stderr,
+        )
         return best[1]
 
     def vad_probs(self, fx: Fixture) -> np.ndarray:
@@ -393,7 +464,11 @@ class BeforeFix(tt.TurnTaker):
         return t[-1] in ".?!"
 
     def on_completeness(
-        self, generation: int, now: float, *, acoustic: float | None = None,
+        self,
+        generation: int,
+        now: float,
+        *,
+        acoustic: float | None = None,
         text: str | None = None,
     ) -> tt.EndOfTurn | None:
         if generation != self.generation or self.phase is not tt.Phase.SILENCE:
@@ -412,6 +487,41 @@ class BeforeFix(tt.TurnTaker):
         if lexical is True and (p is None or p >= cfg.rescue_threshold):
             return self._end(now, "transcript")
         return None
+
+
+class Recheck(tt.TurnTaker):
+    """Proposal: when the transcript looks finished but Smart Turn was doubtful (below
+    `complete_threshold`), run Smart Turn once more at `recheck_ms` of silence instead of
+    waiting for `max_wait_ms`. Its score swings with the exact window (e.g. 0.30 → 0.75 →
+    0.43 → 0.85 for "Can I move it to Friday afternoon?" as the silence grows by 50 ms), so
+    one check at a fixed point sends some complete questions to the 1.5 s cap."""
+
+    def __init__(self, config: tt.TurnConfig, recheck_ms: float) -> None:
+        super().__init__(config, FRAME_S * 1000)
+        self.recheck_ms = recheck_ms
+        self._rechecked = False
+
+    def on_frame(self, prob: float, now: float, **kw: Any) -> list[tt.TurnEvent]:
+        events = super().on_frame(prob, now, **kw)
+        if (
+            self.phase is tt.Phase.SILENCE
+            and self._checked
+            and not self._rechecked
+            and not self._acoustic_pending
+            and not self._text_pending
+            and self._acoustic is not None
+            and self._acoustic < self.config.complete_threshold
+            and tt.transcript_looks_complete(self._text or "") is True
+            and (now - self._last_voiced) * 1000 >= self.recheck_ms
+        ):
+            self._rechecked = True
+            self._acoustic_pending = True
+            events.append(tt.CheckCompleteness(self.generation, now))
+        return events
+
+    def _begin_speech(self) -> None:
+        super()._begin_speech()
+        self._rechecked = False
 
 
 class FixedSilence(tt.TurnTaker):
@@ -442,22 +552,38 @@ def _policies(grid: bool) -> list[Policy]:
         Policy("callroom (turns.py, default TurnConfig)", ours(), note="as in the tree"),
         Policy("fixed silence 500 ms", lambda: FixedSilence(500), models=False),
         Policy("fixed silence 800 ms", lambda: FixedSilence(800), models=False),
-        Policy("before 9139ec1 (answers judged one at a time)", lambda: BeforeFix(default),
-               note="for comparison"),
+        Policy(
+            "before 9139ec1 (answers judged one at a time)",
+            lambda: BeforeFix(default),
+            note="for comparison",
+        ),
     ]
     if not grid:
         return out
     out += [
-        Policy("callroom, check_ms=100", ours(replace(default, check_ms=100.0)),
-               note="Smart Turn starts with the settle transcript"),
-        Policy("callroom, pause_ms=64, check_ms=96",
-               ours(replace(default, pause_ms=64.0, check_ms=96.0)),
-               note="both checks ~2 frames earlier"),
+        Policy(
+            "callroom, check_ms=100",
+            ours(replace(default, check_ms=100.0)),
+            note="Smart Turn starts with the settle transcript",
+        ),
+        Policy(
+            "callroom, pause_ms=64, check_ms=96",
+            ours(replace(default, pause_ms=64.0, check_ms=96.0)),
+            note="both checks ~2 frames earlier",
+        ),
         Policy("callroom, max_wait_ms=1000", ours(replace(default, max_wait_ms=1000.0))),
-        Policy("callroom, complete_threshold=0.8",
-               ours(replace(default, complete_threshold=0.8))),
-        Policy("proposal: a final number is dangling", dangle(),
-               note="'… is 12.' / '… is 555.' wait (a lexical rule, not a TurnConfig field)"),
+        Policy("callroom, complete_threshold=0.8", ours(replace(default, complete_threshold=0.8))),
+        Policy(
+            "proposal: re-check Smart Turn at 400 ms",
+            lambda: Recheck(default, 400.0),
+            note="only when the transcript looks finished and Smart Turn was doubtful",
+        ),
+        Policy("proposal: re-check Smart Turn at 600 ms", lambda: Recheck(default, 600.0)),
+        Policy(
+            "proposal: a final number is dangling",
+            dangle(),
+            note="'… is 12.' / '… is 555.' wait (a lexical rule, not a TurnConfig field)",
+        ),
         Policy("proposal + max_wait_ms=1000", dangle(replace(default, max_wait_ms=1000.0))),
     ]
     return out
@@ -674,8 +800,12 @@ def summarize(policy: Policy, results: list[CaseResult]) -> dict[str, Any]:
                 "delay_ms": None if r.delay_ms is None else round(r.delay_ms, 1),
                 "reason": r.final_reason,
                 "decisions": [
-                    {"at_s": round(d.at, 3), "last_voiced_s": round(d.last_voiced, 3),
-                     "reason": d.reason, "text": d.text}
+                    {
+                        "at_s": round(d.at, 3),
+                        "last_voiced_s": round(d.last_voiced, 3),
+                        "reason": d.reason,
+                        "text": d.text,
+                    }
                     for d in r.decisions
                 ],
             }
@@ -689,9 +819,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs per model call (median is used)")
     p.add_argument("--name", default="turn_taking")
     p.add_argument("--no-grid", action="store_true", help="skip the TurnConfig variants")
-    p.add_argument("--reply-ms", type=float, default=None,
-                   help="end-of-turn decision → first reply audio (default: from "
-                   "results/voice_latency.json, else 300)")
+    p.add_argument(
+        "--reply-ms",
+        type=float,
+        default=None,
+        help="end-of-turn decision → first reply audio (default: from "
+        "results/voice_latency.json, else 300)",
+    )
     args = p.parse_args(argv)
     reply_ms = args.reply_ms if args.reply_ms is not None else _reply_ms_from_results()
 
@@ -741,9 +875,14 @@ def main(argv: list[str] | None = None) -> int:
         "reply_ms": reply_ms,
         "groups": GROUPS,
         "cases": [
-            {"name": fx.name, "group": fx.group, "text": fx.case.text,
-             "pause_s": fx.case.pause_s if fx.multi else None, "note": fx.case.note,
-             "speech_end_s": round(fx.speech_end_s, 3)}
+            {
+                "name": fx.name,
+                "group": fx.group,
+                "text": fx.case.text,
+                "pause_s": fx.case.pause_s if fx.multi else None,
+                "note": fx.case.note,
+                "speech_end_s": round(fx.speech_end_s, 3),
+            }
             for fx in fixtures
         ],
         "model_latency": model_lat,
@@ -751,13 +890,23 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     table = common.markdown_table(
-        ("policy", "premature: mid-sentence spliced", "mid-sentence fragments", "two sentences",
-         "complete", "delay p50 / p90 (all)", "delay p50 / p90 (complete)", "final decisions"),
+        (
+            "policy",
+            "premature: mid-sentence spliced",
+            "mid-sentence fragments",
+            "two sentences",
+            "complete",
+            "delay p50 / p90 (all)",
+            "delay p50 / p90 (complete)",
+            "final decisions",
+        ),
         [
             (
                 s["policy"],
-                *(f"{s['premature_pct'][g]:.0f} % ({s['premature_heard_pct'][g]:.0f} %)"
-                  for g in GROUPS),
+                *(
+                    f"{s['premature_pct'][g]:.0f} % ({s['premature_heard_pct'][g]:.0f} %)"
+                    for g in GROUPS
+                ),
                 _pair(s["delay_ms_all"]),
                 _pair(s["delay_ms"]["complete"]),
                 ", ".join(f"{k} {v}" for k, v in sorted(s["final_reasons"].items())),
@@ -770,28 +919,54 @@ def main(argv: list[str] | None = None) -> int:
     )
     base = summaries[0]
     rows = [
-        common.Row("premature replies, mid-sentence pauses, spliced (callroom)",
-                   base["premature_pct"]["mid-sentence, spliced"], "%", "0 %"),
-        common.Row("premature replies, mid-sentence pauses, fragments (callroom)",
-                   base["premature_pct"]["mid-sentence, fragments"], "%", "0 %"),
-        common.Row("end-of-turn delay p50, all cases (callroom)", base["delay_ms_all"].get("p50"),
-                   "ms", "≤ 250 ms", base["delay_ms_all"].get("p50", 1e9) <= 250),
-        common.Row("end-of-turn delay p90, all cases (callroom)", base["delay_ms_all"].get("p90"),
-                   "ms"),
-        common.Row("Whisper settle latency p50", model_lat["whisper_settle_ms"].get("p50"), "ms",
-                   note="measured, one at a time"),
-        common.Row("Smart Turn latency p50", model_lat["smart_turn_ms"].get("p50"), "ms",
-                   note="measured, one at a time"),
+        common.Row(
+            "premature replies, mid-sentence pauses, spliced (callroom)",
+            base["premature_pct"]["mid-sentence, spliced"],
+            "%",
+            "0 %",
+        ),
+        common.Row(
+            "premature replies, mid-sentence pauses, fragments (callroom)",
+            base["premature_pct"]["mid-sentence, fragments"],
+            "%",
+            "0 %",
+        ),
+        common.Row(
+            "end-of-turn delay p50, all cases (callroom)",
+            base["delay_ms_all"].get("p50"),
+            "ms",
+            "≤ 250 ms",
+            base["delay_ms_all"].get("p50", 1e9) <= 250,
+        ),
+        common.Row(
+            "end-of-turn delay p90, all cases (callroom)", base["delay_ms_all"].get("p90"), "ms"
+        ),
+        common.Row(
+            "Whisper settle latency p50",
+            model_lat["whisper_settle_ms"].get("p50"),
+            "ms",
+            note="measured, one at a time",
+        ),
+        common.Row(
+            "Smart Turn latency p50",
+            model_lat["smart_turn_ms"].get("p50"),
+            "ms",
+            note="measured, one at a time",
+        ),
     ]
     cases_md = common.markdown_table(
         ("case", "text", "pause", "note"),
-        [(c.name, c.text, f"{c.pause_s:g} s" if len(c.parts) > 1 else "", c.note)
-         for c in MID_SENTENCE + TWO_SENTENCES + COMPLETE],
+        [
+            (c.name, c.text, f"{c.pause_s:g} s" if len(c.parts) > 1 else "", c.note)
+            for c in MID_SENTENCE + TWO_SENTENCES + COMPLETE
+        ],
     )
     notes = [
-        f"{len(fixtures)} fixtures: " + "; ".join(
+        f"{len(fixtures)} fixtures: "
+        + "; ".join(
             f"{g} ({sum(fx.group == g for fx in fixtures)}): {d}" for g, d in GROUPS.items()
-        ) + f". Piper voice, {LEAD_S} s of silence before and {TAIL_S} s after each.",
+        )
+        + f". Piper voice, {LEAD_S} s of silence before and {TAIL_S} s after each.",
         "Simulated real time: frames in audio time, model results delivered at event time + "
         f"measured latency (median of {args.repeat} runs per call). Contention between "
         "Whisper and Smart Turn on 2 cores is not simulated, nor the client's 20 ms framing.",
@@ -804,19 +979,38 @@ def main(argv: list[str] | None = None) -> int:
         "before the caller's next words were detected; otherwise the pipeline drops the reply "
         "unheard and joins the two parts into one user turn.",
     ]
-    extra = "\n".join([
-        "## Policies side by side", "", table, "",
-        "### Premature cases", "", premature_md, "",
-        "## Model latency (ms)", "",
-        common.markdown_table(("model", "p50", "p90", "max", "n"), [
-            (k, v.get("p50"), v.get("p90"), v.get("max"), v.get("n"))
-            for k, v in model_lat.items()
-        ]), "",
-        "## Cases", "", cases_md,
-    ])
+    extra = "\n".join(
+        [
+            "## Policies side by side",
+            "",
+            table,
+            "",
+            "### Premature cases",
+            "",
+            premature_md,
+            "",
+            "## Model latency (ms)",
+            "",
+            common.markdown_table(
+                ("model", "p50", "p90", "max", "n"),
+                [
+                    (k, v.get("p50"), v.get("p90"), v.get("max"), v.get("n"))
+                    for k, v in model_lat.items()
+                ],
+            ),
+            "",
+            "## Cases",
+            "",
+            cases_md,
+        ]
+    )
     json_path, md_path = common.write_results(
-        args.name, data, rows, title="Turn taking: premature replies vs. end-of-turn delay",
-        notes=notes, extra_md=extra,
+        args.name,
+        data,
+        rows,
+        title="Turn taking: premature replies vs. end-of-turn delay",
+        notes=notes,
+        extra_md=extra,
     )
     print(table)
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)

