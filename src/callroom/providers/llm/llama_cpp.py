@@ -470,7 +470,9 @@ def _value_in(
         )
     runs = re.findall(r"\d+", text)
     if runs:
-        said = re.findall(r"\d+", evidence)
+        said = set(re.findall(r"\d+", evidence))
+        # STT writes a spoken number as "4,567", "5 821", "1-234" or "1 2 3 4": join groups.
+        said |= {re.sub(r"\D", "", g) for g in re.findall(r"\d+(?:[ ,.\-]\d+)+", evidence)}
         return all(r in said for r in runs)
     words = re.findall(r"[a-z]{2,}", text)
     return any(w in evidence for w in words)  # nothing word-like ("}, ") is never backed
