@@ -16,7 +16,7 @@ PORT ?= 8787
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[voice,piper,dev]'
+	$(BIN)/pip install -q -e '.[voice,piper,dev,postgres,ray]'
 	$(BIN)/pip install -q --no-deps '$(PIPECAT)'
 	touch $(STAMP)
 
@@ -45,8 +45,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench
 	$(BIN)/ruff format --check src tests examples bench
 
+# The whole benchmark set, about 20 min on 2 cores; results (JSON, markdown, PNG) go to
+# bench/results/. Pipecat (for the side-by-side runs) lives in its own virtualenv,
+# bench/.venv-pipecat, made by bench/setup_pipecat.sh (never committed).
 bench: $(STAMP)
+	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q matplotlib
+	bash bench/setup_pipecat.sh
 	$(BIN)/python bench/core.py
+	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/density.py
+	$(BIN)/python bench/sequential.py
+	$(BIN)/python bench/plots.py
 
 clean:
 	rm -rf $(VENV) tests/interop/node_modules data

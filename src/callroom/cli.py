@@ -81,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=8787)
         p.add_argument("--data-dir", type=Path, default=None)
+        p.add_argument(
+            "--cluster",
+            default=None,
+            metavar="ADDRESS",
+            help="run the agents on Ray host actors (auto, ray://HEAD:10001 or HOST:PORT) and "
+            "serve a gateway here; needs CALLROOM_STORAGE=postgresql://… and callroom[ray]",
+        )
+        p.add_argument("--hosts", type=int, default=2, help="host actors with --cluster")
     call = sub.add_parser("call", help="call a voice agent with a WAV file")
     call.add_argument("url", help="ws://HOST:PORT/agents/<class>/<name>")
     call.add_argument("--wav", type=Path, default=None)
@@ -96,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**overrides)
         level = "debug" if args.command == "dev" else settings.log_level.lower()
         logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(message)s")
+        if args.cluster:
+            from callroom.cluster.ray import serve_cluster
+
+            return serve_cluster(
+                args.app, args.cluster, hosts=args.hosts, bind=args.host, port=args.port,
+                settings=settings,
+            )
         serve(build_app(args.app, settings), args.host, args.port, log_level=level)
         return 0
     if args.command == "call":

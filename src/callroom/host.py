@@ -19,7 +19,7 @@ from callroom.config import Settings
 from callroom.connection import CLOSE_GOING_AWAY, Connection
 from callroom.errors import UnknownAgentClass
 from callroom.protocol.names import validate_agent_name
-from callroom.storage import AgentStorage, HostIndex, agent_db_path
+from callroom.storage import AgentStore, AlarmIndex, StorageBackend, open_backend
 
 log = logging.getLogger("callroom.host")
 
@@ -52,7 +52,8 @@ class AgentHost:
                 raise ValueError(f"two agent classes map to /agents/{seg}")
             self.classes[seg] = cls
         self._slots: dict[Key, _Slot] = {}
-        self._index: HostIndex | None = None
+        self._backend: StorageBackend | None = None
+        self._index: AlarmIndex | None = None
         self._alarm_event = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self.wake_times: list[float] = []
@@ -60,9 +61,16 @@ class AgentHost:
         self.active_calls = 0
 
     # -- start / stop -------------------------------------------------------------------------
+    @property
+    def backend(self) -> StorageBackend:
+        """The storage backend (`CALLROOM_STORAGE`; SQLite in the data dir by default)."""
+        if self._backend is None:
+            self._backend = open_backend(self.settings.storage, self.settings.data_dir)
+        return self._backend
+
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self._index = HostIndex(self.settings.data_dir)
+        self._index = self.backend.alarm_index()
         for cls in self.classes.values():
             await cls.on_host_start()
         self._alarm_event = asyncio.Event()
@@ -72,15 +80,21 @@ class AgentHost:
         ]
 
     async def drain(self) -> None:
-        """Stop accepting, let in-flight handlers finish (bounded), close clients with 1001."""
+        """Stop accepting, let in-flight handlers and voice turns finish (bounded by
+        `shutdown_grace_seconds`), close clients with 1001."""
         self.accepting = False
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds
-        while any(s.busy for s in self._slots.values()) and time.monotonic() < deadline:  # noqa: ASYNC110 (bounded poll at shutdown)
+        while self._in_flight() and time.monotonic() < deadline:  # noqa: ASYNC110 (bounded poll at shutdown)
             await asyncio.sleep(0.02)
         conns = [c for s in self._slots.values() for c in s.connections.values()]
         await asyncio.gather(
             *(c.close(CLOSE_GOING_AWAY, "server going away") for c in conns),
             return_exceptions=True,
+        )
+
+    def _in_flight(self) -> bool:
+        return any(
+            s.busy or (s.agent is not None and s.agent._in_flight()) for s in self._slots.values()
         )
 
     async def stop(self) -> None:
@@ -93,9 +107,10 @@ class AgentHost:
         await asyncio.gather(*self._loops, return_exceptions=True)
         storages = [st for key in list(self._slots) if (st := self._evict(key)) is not None]
         _close_all(storages)
-        if self._index is not None:
-            self._index.close()
-            self._index = None
+        self._index = None
+        if self._backend is not None:
+            self._backend.close()  # closes its alarm index too
+            self._backend = None
 
     # -- lookup -------------------------------------------------------------------------------
     def resolve(self, segment: str, name: str) -> type[Agent]:
@@ -123,7 +138,7 @@ class AgentHost:
             if slot.agent is not None:
                 return slot.agent
             t0 = time.perf_counter()
-            storage = AgentStorage(agent_db_path(self.settings.data_dir, segment, name))
+            storage = self.backend.open_agent(segment, name)
             agent = cls(name, host=self, storage=storage, env=self.settings)
             agent._key = key  # type: ignore[attr-defined]
             for conn in slot.connections.values():
@@ -149,9 +164,43 @@ class AgentHost:
         slot = self._slots.get((segment, name))
         return slot is not None and slot.agent is not None
 
+    async def release(
+        self, segment: str, name: str, *, code: int = 1012, reason: str = "", wait: float = 5.0
+    ) -> bool:
+        """Hand an agent over to another process (cluster rebalancing): close its clients
+        with `code` (1012 = service restart: they reconnect, to the new owner), wait for its
+        handlers to finish (bounded by `wait`), then evict it and close its storage (which
+        releases its fence on a shared store). Returns False if it was still busy."""
+        key = (segment, name)
+        slot = self._slots.get(key)
+        if slot is None:
+            return True
+        await asyncio.gather(
+            *(c.close(code, reason) for c in list(slot.connections.values())),
+            return_exceptions=True,
+        )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            slot = self._slots.get(key)
+            if slot is None or slot.agent is None:
+                return True
+            if not (slot.busy or slot.tasks or slot.waking.locked() or slot.agent.is_busy()):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            return False
+        storage = self._evict(key)
+        if storage is not None:
+            await asyncio.to_thread(_close_all, [storage])
+        return True
+
     @property
     def live_count(self) -> int:
         return sum(1 for s in self._slots.values() if s.agent is not None)
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(s.connections) for s in self._slots.values())
 
     # -- activity -----------------------------------------------------------------------------
     @contextmanager
@@ -203,7 +252,7 @@ class AgentHost:
         return list(slot.connections.values()) if slot else []
 
     # -- hibernation --------------------------------------------------------------------------
-    def _evict(self, key: Key) -> AgentStorage | None:
+    def _evict(self, key: Key) -> AgentStore | None:
         """Forget the agent; returns its storage for the caller to close (closing may
         checkpoint the WAL with disk syncs, which must not stall the event loop)."""
         slot = self._slots.get(key)
@@ -217,11 +266,11 @@ class AgentHost:
             del self._slots[key]
         return agent._storage
 
-    def hibernate_idle(self, now: float | None = None) -> list[AgentStorage]:
+    def hibernate_idle(self, now: float | None = None) -> list[AgentStore]:
         """Drop every idle agent from memory; returns their storages, still to be closed."""
         now = time.monotonic() if now is None else now
         limit = self.settings.idle_seconds
-        dropped: list[AgentStorage] = []
+        dropped: list[AgentStore] = []
         for key, slot in list(self._slots.items()):
             agent = slot.agent
             if agent is None or slot.busy or slot.tasks or slot.waking.locked():
@@ -292,7 +341,7 @@ class AgentHost:
             self._index.set(segment, name, time.time() + 5.0)
 
 
-def _forget_departed(storage: AgentStorage, connections: dict[str, Connection]) -> None:
+def _forget_departed(storage: AgentStore, connections: dict[str, Connection]) -> None:
     """Drop attachments of connections that closed while the agent hibernated, except those
     kept on purpose (a voice call cut mid-way, to resume on reconnect)."""
     rows = storage.sql("SELECT id, attachment FROM callroom_connections")
@@ -302,7 +351,7 @@ def _forget_departed(storage: AgentStorage, connections: dict[str, Connection]) 
         storage.drop_attachment(row["id"])
 
 
-def _close_all(storages: list[AgentStorage]) -> None:
+def _close_all(storages: list[AgentStore]) -> None:
     for storage in storages:
         try:
             storage.close()

@@ -18,6 +18,7 @@ from callroom.config import Settings
 from callroom.connection import CLOSE_POLICY
 from callroom.errors import BadAgentName, CallroomError, UnknownAgentClass
 from callroom.host import AgentHost
+from callroom.server.limits import install_log_redaction, process_figures
 from callroom.server.playground import agent_page, is_voice_agent, playground_routes
 from callroom.server.session import run_session
 
@@ -87,7 +88,7 @@ def create_app(
         try:
             agent = await host.get(segment, name)
         except CallroomError as exc:
-            return _error(400, exc.code, exc.message)
+            return _error(getattr(exc, "http_status", 400), exc.code, exc.message)
         with host.activity(agent):
             try:
                 return await agent.on_request(request)
@@ -105,11 +106,21 @@ def create_app(
         body, content_type = render_metrics(request.headers.get("accept"))
         return Response(body, media_type=content_type)
 
-    async def health(_: Request) -> Response:
-        return JSONResponse({"ok": True, "live_agents": host.live_count})
+    async def health(request: Request) -> Response:
+        body: dict[str, Any] = {"ok": True, "live_agents": host.live_count}
+        if request.query_params.get("verbose") in ("1", "true"):
+            # Debug figures for leak checks and soak runs (no names, ids or payloads).
+            body.update(
+                process_figures(),
+                active_calls=host.active_calls,
+                connections=host.connection_count,
+                accepting=host.accepting,
+            )
+        return JSONResponse(body)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        install_log_redaction()  # after the server configured logging: tokens in query strings
         await host.start()
         try:
             yield

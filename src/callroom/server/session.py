@@ -21,6 +21,7 @@ from callroom.connection import CLOSE_POLICY, Connection
 from callroom.errors import CallroomError, RpcError, StateRejected
 from callroom.host import AgentHost
 from callroom.protocol import core
+from callroom.server.limits import RATE_LIMIT_REASON, limiter_for
 
 log = logging.getLogger("callroom.session")
 
@@ -33,7 +34,10 @@ async def run_session(ws: WebSocket, host: AgentHost, segment: str, name: str) -
     conn_id = pk if _CONN_ID.fullmatch(pk) else uuid.uuid4().hex
     if conn_id in {c.id for c in _existing(host, segment, name)}:
         conn_id = uuid.uuid4().hex
-    conn = Connection(ws, conn_id, max_queue=host.settings.max_send_queue)
+    conn = Connection(
+        ws, conn_id, max_queue=host.settings.max_send_queue,
+        max_bytes=host.settings.max_send_queue_bytes,
+    )
     conn.start()
     host.add_connection(segment, name, conn)
     code, reason = 1005, ""
@@ -45,11 +49,22 @@ async def run_session(ws: WebSocket, host: AgentHost, segment: str, name: str) -
             await agent._on_connect_internal(conn)
             await _guard(agent, conn, agent.on_connect(conn, ws))
         limit = host.settings.max_message_bytes
+        limiter = limiter_for(host.settings)
         while True:
             msg = await ws.receive()
             if msg["type"] == "websocket.disconnect":
                 code = msg.get("code", 1005)
                 reason = msg.get("reason") or ""
+                break
+            if not limiter.allow():
+                log.warning("connection %s to %s/%s: rate limit exceeded, closing",
+                            conn.id, segment, name)
+                conn.send_json(core.protocol_error(
+                    "rate_limited",
+                    f"more than {limiter.rate:g} messages per second; closing the connection",
+                ))
+                code, reason = CLOSE_POLICY, RATE_LIMIT_REASON
+                await conn.close(CLOSE_POLICY, RATE_LIMIT_REASON)
                 break
             data: str | bytes | None = msg.get("text")
             if data is None:
@@ -69,13 +84,16 @@ async def run_session(ws: WebSocket, host: AgentHost, segment: str, name: str) -
     except WebSocketDisconnect as exc:
         code, reason = exc.code, exc.reason or ""
     except CallroomError as exc:
-        await conn.close(CLOSE_POLICY, exc.message)
+        # `close_code`: e.g. 1013 (try again) when the agent is live on another cluster host
+        await conn.close(getattr(exc, "close_code", CLOSE_POLICY), exc.message)
     finally:
         conn.closed = True
         try:
             agent = None
-            if host.accepting and (
-                host.is_live(segment, name) or _handles_close(host.classes[segment])
+            # While draining, a live agent still runs its close hooks (a voice call records
+            # what was said); a hibernated one is not woken just for them.
+            if host.is_live(segment, name) or (
+                host.accepting and _handles_close(host.classes[segment])
             ):
                 agent = await host.get(segment, name)
             if agent is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from callroom.errors import BadAgentName
 from callroom.protocol.names import validate_agent_name
+from callroom.storage.base import StorageBackend
 
 _SCHEMA_VERSION = 1
 
@@ -72,6 +73,9 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 class AgentStorage:
     """An agent's own database: user tables via `sql`, internal `callroom_*` tables via helpers."""
+
+    errors = sqlite3
+    """DB-API module of the errors `sql` raises (see `callroom.storage.base.AgentStore`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -180,3 +184,28 @@ class HostIndex:
 
     def close(self) -> None:
         self._db.close()
+
+
+class SQLiteBackend(StorageBackend):
+    """The embedded default: `<data_dir>/<class>/<name>.db` per agent, `<data_dir>/_host.db`
+    for the alarm index. One process per data directory."""
+
+    shared = False
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.url = f"sqlite:///{self.data_dir}"
+        self._index: HostIndex | None = None
+
+    def open_agent(self, agent: str, name: str) -> AgentStorage:
+        return AgentStorage(agent_db_path(self.data_dir, agent, name))
+
+    def alarm_index(self) -> HostIndex:
+        if self._index is None:
+            self._index = HostIndex(self.data_dir)
+        return self._index
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None

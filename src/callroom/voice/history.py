@@ -51,7 +51,7 @@ class History:
         else:
             first = self._storage.sql(
                 "SELECT MIN(seq) AS s FROM (SELECT seq FROM callroom_messages WHERE role = 'user'"
-                " ORDER BY seq DESC LIMIT ?)",
+                " ORDER BY seq DESC LIMIT ?) AS recent",
                 limit_turns,
             )[0]["s"]
             rows = self._storage.sql(
