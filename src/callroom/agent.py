@@ -180,6 +180,11 @@ class Agent:
         """True while the agent must not hibernate (e.g. a voice call in progress)."""
         return False
 
+    def _in_flight(self) -> bool:
+        """Work a graceful shutdown waits for (bounded), beyond running handlers: e.g. a
+        voice turn whose reply is still being generated or spoken."""
+        return False
+
     # -- schedules ----------------------------------------------------------------------------
     async def schedule(
         self, when: float | int | dt.datetime | str, callback: str, payload: Any = None

@@ -54,3 +54,19 @@ class ProviderError(CallroomError):
     """A speech or language provider failed (timeout, bad answer, unreachable)."""
 
     code = "provider_error"
+    stage: str | None = None
+    """Pipeline stage that failed, when known: stt, llm, tts, turn."""
+
+    def __init__(self, message: str, *, code: str | None = None, stage: str | None = None) -> None:
+        super().__init__(message, code=code)
+        if stage is not None:
+            self.stage = stage
+
+
+class ProviderTimeout(ProviderError):
+    """A provider gave no answer within its stage's bound (`stage`: stt, llm, tts, turn)."""
+
+    code = "provider_timeout"
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message, stage=stage)

@@ -38,8 +38,23 @@ CoreMessage = StateUpdate | RpcRequest | PlainMessage
 
 
 def dumps(message: dict[str, Any]) -> str:
-    """Compact JSON; `ensure_ascii=False` keeps transcripts readable and frames small."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=_default)
+    """Compact JSON; `ensure_ascii=False` keeps transcripts readable and frames small.
+
+    A lone surrogate (legal in JSON and JS strings, e.g. `"\\ud800"` from a client, but not
+    encodable as UTF-8) would make the frame unsendable and kill the connection's writer, so
+    such a message is escaped to ASCII instead, which JS decodes to the same string."""
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=_default)
+    if not text.isascii() and not utf8_safe(text):
+        text = json.dumps(message, separators=(",", ":"), default=_default)
+    return text
+
+
+def utf8_safe(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _default(value: Any) -> Any:

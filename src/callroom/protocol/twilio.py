@@ -133,7 +133,7 @@ def _int(value: Any) -> int:
 def _loads(data: str | bytes) -> dict[str, Any] | Invalid:
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         return Invalid("not JSON")
     if not isinstance(obj, dict):
         return Invalid("not a JSON object")
@@ -333,7 +333,15 @@ def parse_outbound(data: str | bytes) -> OutboundMessage:
 
 
 def dumps(message: Mapping[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON; escaped to ASCII when a string (e.g. a `streamSid` echoed from the
+    peer) holds a lone surrogate that UTF-8 cannot carry."""
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(message, separators=(",", ":"))
+    return text
 
 
 # -- TwiML -------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ from callroom.errors import BadAgentName
 from callroom.protocol import twilio as tp
 from callroom.protocol import voice as vp
 from callroom.protocol.names import validate_agent_name
+from callroom.server.limits import RATE_LIMIT_REASON, limiter_for
 from callroom.voice.agent import VoiceAgent
 from callroom.voice.audio import int16_to_bytes, mulaw_decode, mulaw_encode, pcm16_bytes_to_int16
 
@@ -163,9 +164,10 @@ class TwilioConnection(Connection):
         *,
         conn_id: str,
         max_queue: int = 512,
+        max_bytes: int = 16 * 1024 * 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(websocket, conn_id, max_queue=max_queue)
+        super().__init__(websocket, conn_id, max_queue=max_queue, max_bytes=max_bytes)
         self.stream = start
         self.stream_sid = start.stream_sid
         self.call_sid = start.call_sid
@@ -195,10 +197,13 @@ class TwilioConnection(Connection):
                 item: Any = await self._queue.get()
                 if item is None:
                     return
+                self._dequeued(item)
                 for text in item:
                     await ws.send_text(text)
         except Exception:  # the socket went away; the reader notices and cleans up
             self.closed = True
+        finally:
+            self._drained.set()
 
     def _enqueue(self, batch: list[str]) -> None:
         # One queue slot per batch keeps the base class's bound meaningful (a 0.5 s chunk of
@@ -284,6 +289,8 @@ class TwilioConnection(Connection):
                 dropped += 1
         for item in kept:
             self._queue.put_nowait(item)
+        self._queued_bytes = 0
+        self._drained.set()
         pending = bool(self._marks) or dropped > 0 or len(self._rest) > 0
         self._rest = np.zeros(0, np.uint8)
         self._marks.clear()  # Twilio echoes them after `clear`: unknown names are ignored
@@ -416,6 +423,7 @@ class TwilioStream:
         self.conn: TwilioConnection | None = None
         self.stopped = False
         self._upsampler = Upsampler2x()
+        self.limiter = limiter_for(host.settings)
 
     async def run(self) -> None:
         ws = self.ws
@@ -435,7 +443,13 @@ class TwilioStream:
         host, segment, name = self.host, self.segment, self.name
         sid = start.stream_sid
         conn_id = sid if _CONN_ID.fullmatch(sid) else uuid.uuid4().hex
-        conn = TwilioConnection(ws, start, conn_id=conn_id, max_queue=host.settings.max_send_queue)
+        conn = TwilioConnection(
+            ws,
+            start,
+            conn_id=conn_id,
+            max_queue=host.settings.max_send_queue,
+            max_bytes=host.settings.max_send_queue_bytes,
+        )
         self.conn = conn
         conn.start()
         host.add_connection(segment, name, conn)
@@ -471,10 +485,14 @@ class TwilioStream:
                     msg = await self.ws.receive()
                     if msg["type"] == "websocket.disconnect":
                         return None
+                    if not self.limiter.allow():
+                        await self.ws.close(CLOSE_POLICY, RATE_LIMIT_REASON)
+                        return None
                     event = tp.parse(msg.get("text") or msg.get("bytes") or b"")
                     if isinstance(event, tp.Start):
                         return event
                     if isinstance(event, tp.Stop):
+                        await self.ws.close(1000, "stop")  # else the peer sees no close frame
                         return None
                     # `connected` (and anything before `start`) needs no answer.
         except TimeoutError:
@@ -493,6 +511,10 @@ class TwilioStream:
             msg = await ws.receive()
             if msg["type"] == "websocket.disconnect":
                 return msg.get("code", 1005), msg.get("reason") or ""
+            if not self.limiter.allow():
+                log.warning("twilio stream %s: rate limit exceeded, closing", conn.stream_sid)
+                await conn.close(CLOSE_POLICY, RATE_LIMIT_REASON)
+                return CLOSE_POLICY, RATE_LIMIT_REASON
             data: str | bytes = msg.get("text") or msg.get("bytes") or b""
             if len(data) > limit:
                 log.warning("twilio stream %s: %d-byte frame dropped", conn.stream_sid, len(data))

@@ -50,6 +50,18 @@ class VoiceAgent(Agent):
     tool_timeout: ClassVar[float] = 10.0
     filler_after_s: ClassVar[float] = 1.0
     """A filler phrase ("One moment…") is spoken when a tool round takes longer than this."""
+    # Per-stage bounds on provider work: a provider that hangs fails the turn (the caller
+    # hears `apology_text`) instead of the call. Seconds.
+    stt_timeout: ClassVar[float] = 15.0
+    """Wait for the transcript of a finished utterance (and for background passes)."""
+    llm_first_token_timeout: ClassVar[float] = 20.0
+    """From the start of `on_turn` to the first text of the reply (tool rounds included)."""
+    llm_stall_timeout: ClassVar[float] = 30.0
+    """Between two pieces of reply text; keep it above `tool_timeout` (a filler resets it)."""
+    tts_timeout: ClassVar[float] = 15.0
+    """Wait for each audio chunk of a clause, the first included."""
+    end_of_turn_timeout: ClassVar[float] = 5.0
+    """Wait for the end-of-turn model; past it the transcript alone decides."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

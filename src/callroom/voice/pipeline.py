@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from callroom.errors import ProviderError, ProviderTimeout
 from callroom.protocol import voice as vp
-from callroom.providers.base import INPUT_RATE, Float32, STTStream, VoiceProviders
+from callroom.providers.base import INPUT_RATE, Float32, Int16, STTStream, VoiceProviders
 from callroom.voice import turns as tt
 from callroom.voice.audio import FrameSplitter, Resampler, pcm16_bytes_to_float32
 from callroom.voice.chunker import ClauseChunker
@@ -335,7 +336,10 @@ class Call:
 
     async def _settle_check(self, generation: int, stt: STTStream) -> None:
         try:
-            text = await stt.settled()
+            text = await _bounded(stt.settled(), self.agent.stt_timeout, "stt",
+                                  "incremental transcription")
+            if not isinstance(text, str):
+                raise ProviderError(f"STT returned {type(text).__name__}, not text", stage="stt")
         except Exception:
             log.exception("incremental transcription failed; the final pass will redo it")
             text = ""
@@ -351,7 +355,11 @@ class Call:
             return
         audio = np.concatenate(list(self._recent)) if self._recent else np.zeros(0, np.float32)
         try:
-            p = await detector.completion_probability(audio)
+            p = await _bounded(detector.completion_probability(audio),
+                               self.agent.end_of_turn_timeout, "turn", "end-of-turn model")
+            p = float(p)
+            if not 0.0 <= p <= 1.0:  # NaN included
+                raise ProviderError(f"end-of-turn model returned {p}")
         except Exception:
             log.exception("end-of-turn model failed; the transcript alone decides")
             p = self.turns.config.rescue_threshold
@@ -372,7 +380,14 @@ class Call:
         self._stt: STTStream = self.providers.stt.stream()  # the next utterance may start at once
 
         async def transcript() -> str:
-            text = await stt.finish()
+            try:
+                text = await _bounded(stt.finish(), self.agent.stt_timeout, "stt",
+                                      "speech recognition")
+            except BaseException:
+                stt.reset()  # drop whatever the provider still has pending
+                raise
+            if not isinstance(text, str):
+                raise ProviderError(f"STT returned {type(text).__name__}, not text", stage="stt")
             timings.mark("stt")
             return _join(prefix, text)
 
@@ -475,6 +490,7 @@ class Call:
             await asyncio.wait({settling})
         agent, conn = self.agent, self.conn
         outcome = "completed"
+        stage = "stt" if source == "speech" else "pipeline"  # for the error frame, if any
         self._reply_text = []
         self._current_user_text = ""
         playback = _Playback(self.output_rate, self._cursor)
@@ -483,6 +499,7 @@ class Call:
             result: TurnResult
             if user_text_aw is not None:
                 raw = await user_text_aw
+                stage = "pipeline"
                 text = await agent._after_transcribe(raw, conn) if source == "speech" else raw
                 if not text or not text.strip():
                     outcome = "skipped"
@@ -510,11 +527,17 @@ class Call:
                     speak_filler=self._speak_filler,
                 )
                 timings.mark("llm_start")
-                result = await agent._call_on_turn(text, ctx)
+                stage = "llm"  # on_turn and its text stream; a TTS failure says "tts" itself
+                first_by = asyncio.get_running_loop().time() + agent.llm_first_token_timeout
+                result = await _bounded(
+                    agent._call_on_turn(text, ctx), agent.llm_first_token_timeout, "llm",
+                    "the reply (on_turn)",
+                )
             else:
                 timings.mark("llm_start")
                 result = fixed_reply
-            reply = await self._speak_result(result, timings, playback, audio)
+                first_by = None
+            reply = await self._speak_result(result, timings, playback, audio, first_by)
             self._user_seq = None
             if not reply.strip():
                 outcome = "no_output"
@@ -534,9 +557,11 @@ class Call:
             outcome = "aborted"
             raise
         except Exception as exc:
-            outcome = "error"
+            stage = getattr(exc, "stage", None) or stage
+            outcome = "tts_error" if stage == "tts" else "error"
             await agent.on_error(exc, conn)
-            conn.send_json(vp.error(agent.apology_text, stage="pipeline"))
+            conn.send_json(vp.error(agent.apology_text, stage=stage))
+            self._reply_text = []  # the apology is a reply of its own, not a continuation
             with contextlib.suppress(Exception):
                 await self._speak_result(
                     agent.apology_text, timings, _Playback(self.output_rate, self._cursor), audio
@@ -570,17 +595,26 @@ class Call:
         timings: TurnTimings,
         playback: _Playback,
         audio: bool,
+        first_by: float | None = None,
     ) -> str:
-        """Stream `result` to the client as transcript deltas and (if `audio`) speech."""
+        """Stream `result` to the client as transcript deltas and (if `audio`) speech.
+
+        The text must start by `first_by` (loop time; default: `llm_first_token_timeout`
+        from now) and never pause longer than `llm_stall_timeout` (a filler resets it)."""
         conn = self.conn
         tts = self.providers.tts if audio else None
         clauses: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = self._spawn(self._tts_loop(clauses, timings, playback), "tts") if tts else None
         chunker = ClauseChunker()
         started = False
+        loop = asyncio.get_running_loop()
+        stall = self.agent.llm_stall_timeout
+        watch: asyncio.Timeout | None = None
 
         def emit(delta: str) -> None:
             nonlocal started
+            if watch is not None and not watch.expired():
+                watch.reschedule(loop.time() + stall)  # progress (a filler too)
             if not started:
                 started = True
                 timings.mark("llm")
@@ -602,8 +636,25 @@ class Call:
                     clauses.put_nowait(clause)
 
         self._filler = filler
+        deltas = _deltas(result)
+        deadline = first_by if first_by is not None else (
+            loop.time() + self.agent.llm_first_token_timeout
+        )
         try:
-            async for delta in _deltas(result):
+            while True:
+                watch = asyncio.timeout_at(deadline if not started else loop.time() + stall)
+                try:
+                    async with watch:
+                        delta = await anext(deltas)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    if not watch.expired():
+                        raise
+                    what = "its next words" if started else "its first words"
+                    raise ProviderTimeout("llm", f"the reply gave no {what} in time") from None
+                finally:
+                    watch = None
                 if delta:
                     emit(delta)
             timings.mark("llm_done")
@@ -618,6 +669,8 @@ class Call:
             return full
         finally:
             self._filler = None
+            with contextlib.suppress(Exception):
+                await deltas.aclose()  # close the model's stream (and its HTTP response)
             if speaker is not None and not speaker.done():
                 speaker.cancel()
                 with contextlib.suppress(BaseException):
@@ -649,26 +702,60 @@ class Call:
                 continue  # nothing speakable (e.g. a trailing "...")
             timings.mark("tts_start")
             synth_start = self.clock.now()
-            async for pcm in tts.synthesize(text):
-                timings.mark("tts")
-                out = resampler.process(pcm)
-                out = await agent._after_synthesize(out, text, conn)
-                if out is None or not len(out):
-                    continue
-                for start in range(0, len(out), max_samples):
-                    piece = out[start : start + max_samples]
-                    if not self._speaking:
-                        self._speaking = True
-                        conn.send_json(vp.status("speaking"))
-                    conn.send(np.ascontiguousarray(piece, dtype="<i2").tobytes())
-                    playback.add(text, len(piece), self.clock.now())
-                    timings.mark("first_audio")
+            chunks = aiter(tts.synthesize(text))
+            try:
+                while True:
+                    pcm = await _bounded(
+                        anext(chunks, _END), agent.tts_timeout, "tts", "speech synthesis"
+                    )
+                    if pcm is _END:
+                        break
+                    await self._send_speech(
+                        _check_pcm(pcm), text, resampler, timings, playback, max_samples
+                    )
+            except ProviderError as exc:
+                exc.stage = exc.stage or "tts"
+                raise
+            except Exception as exc:  # a reset connection, a crash inside the model, ...
+                msg = f"TTS failed: {type(exc).__name__}: {exc}"
+                raise ProviderError(msg, stage="tts") from exc
+            finally:
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
             tail = resampler.process(np.zeros(0, np.int16), last=True)
             if len(tail):
                 conn.send(np.ascontiguousarray(tail, dtype="<i2").tobytes())
                 playback.add(text, len(tail), self.clock.now())
             timings.add_tts_work((self.clock.now() - synth_start) * 1000)
             resampler = Resampler(tts.sample_rate, self.output_rate)
+
+    async def _send_speech(
+        self,
+        pcm: Any,
+        text: str,
+        resampler: Resampler,
+        timings: TurnTimings,
+        playback: _Playback,
+        max_samples: int,
+    ) -> None:
+        """One synthesized chunk: resample, `after_synthesize`, send in bounded frames."""
+        agent, conn = self.agent, self.conn
+        timings.mark("tts")
+        out = resampler.process(pcm)
+        out = await agent._after_synthesize(out, text, conn)
+        if out is None or not len(out):
+            return
+        for start in range(0, len(out), max_samples):
+            piece = out[start : start + max_samples]
+            if not self._speaking:
+                self._speaking = True
+                conn.send_json(vp.status("speaking"))
+            await conn.wait_drained()  # TTS outruns real time: pace to what the client takes
+            conn.send(np.ascontiguousarray(piece, dtype="<i2").tobytes())
+            playback.add(text, len(piece), self.clock.now())
+            timings.mark("first_audio")
 
     # -- other entry points -------------------------------------------------------------------
     def interrupt(self) -> bool:
@@ -746,3 +833,26 @@ class _NullSTTStream:
 
 def _join(prefix: str, text: str) -> str:
     return f"{prefix} {text}".strip() if prefix else text
+
+
+_END: Any = object()
+
+
+async def _bounded(aw: Awaitable[Any], limit: float, stage: str, what: str) -> Any:
+    """Await provider work for at most `limit` seconds (`ProviderTimeout` past it)."""
+    timer = asyncio.timeout(limit)
+    try:
+        async with timer:
+            return await aw
+    except TimeoutError:
+        if timer.expired():
+            raise ProviderTimeout(stage, f"{what} gave no answer within {limit:g} s") from None
+        raise
+
+
+def _check_pcm(pcm: Any) -> Int16:
+    """A TTS chunk must be int16 samples; anything else fails the clause (not the call)."""
+    arr = pcm if isinstance(pcm, np.ndarray) else np.asarray(pcm)
+    if arr.dtype != np.int16:
+        raise ProviderError(f"TTS returned {arr.dtype} audio, not int16", stage="tts")
+    return arr.reshape(-1) if arr.ndim != 1 else arr
