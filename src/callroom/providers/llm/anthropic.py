@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -25,7 +25,6 @@ from callroom.providers.llm.openai_compat import (
     map_finish_reason,
     open_sse,
     pair_tool_results,
-    stream_with_retry,
 )
 from callroom.tools import redact_text
 
@@ -134,6 +133,8 @@ def to_anthropic(messages: Sequence[Message]) -> tuple[str | None, list[dict[str
 class AnthropicLLM(PooledHTTP):
     """Streams a reply from Anthropic's Messages API."""
 
+    name = "anthropic"
+
     def __init__(
         self,
         *,
@@ -191,19 +192,6 @@ class AnthropicLLM(PooledHTTP):
         if self.temperature is not None:
             body["temperature"] = self.temperature
         return body
-
-    def stream(
-        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
-    ) -> AsyncIterator[LLMEvent]:
-        body = self.request_body(messages, tools)
-        return stream_with_retry(
-            lambda: self._attempt(body),
-            provider="anthropic",
-            url=self.url,
-            read_timeout=self.read_timeout,
-            retry_delay=self.retry_delay,
-            sleep=self._sleep,
-        )
 
     async def _attempt(self, body: dict[str, Any]) -> AsyncGenerator[LLMEvent, None]:
         blocks: dict[int, dict[str, Any]] = {}

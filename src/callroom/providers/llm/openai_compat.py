@@ -414,6 +414,34 @@ class PooledHTTP:
             await self._client.aclose()
             self._client = None
 
+    # -- the one streaming entry point of every HTTP provider ------------------------------
+    name: str
+    url: str
+    retry_delay: float
+    _sleep: Sleep
+
+    def request_body(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec]
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _attempt(self, body: dict[str, Any]) -> AsyncIterator[LLMEvent]:
+        raise NotImplementedError
+
+    def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[LLMEvent]:
+        """One completion, retried once on a connection error before the first event."""
+        body = self.request_body(messages, tools)
+        return stream_with_retry(
+            lambda: self._attempt(body),
+            provider=self.name,
+            url=self.url,
+            read_timeout=self.read_timeout,
+            retry_delay=self.retry_delay,
+            sleep=self._sleep,
+        )
+
 
 class OpenAICompatLLM(PooledHTTP):
     """Streams chat completions from any server speaking OpenAI's `/chat/completions`."""
@@ -481,19 +509,6 @@ class OpenAICompatLLM(PooledHTTP):
             body["max_tokens"] = self.max_tokens
         body.update(self.extra_body)
         return body
-
-    def stream(
-        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
-    ) -> AsyncIterator[LLMEvent]:
-        body = self.request_body(messages, tools)
-        return stream_with_retry(
-            lambda: self._attempt(body),
-            provider=self.name,
-            url=self.url,
-            read_timeout=self.read_timeout,
-            retry_delay=self.retry_delay,
-            sleep=self._sleep,
-        )
 
     async def _attempt(self, body: dict[str, Any]) -> AsyncGenerator[LLMEvent, None]:
         parser = ChatChunkParser(self.name)

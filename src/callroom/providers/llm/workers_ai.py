@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -33,7 +33,6 @@ from callroom.providers.llm.openai_compat import (
     clean_messages,
     open_sse,
     openai_tools,
-    stream_with_retry,
 )
 
 __all__ = ["API_BASE", "DEFAULT_MODEL", "WorkersAILLM", "to_workers_ai"]
@@ -87,6 +86,8 @@ def to_workers_ai(messages: Sequence[Message]) -> list[Message]:
 class WorkersAILLM(PooledHTTP):
     """Streams a reply from a Workers AI text-generation model."""
 
+    name = "workers-ai"
+
     def __init__(
         self,
         *,
@@ -132,19 +133,6 @@ class WorkersAILLM(PooledHTTP):
         if self.temperature is not None:
             body["temperature"] = self.temperature
         return body
-
-    def stream(
-        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
-    ) -> AsyncIterator[LLMEvent]:
-        body = self.request_body(messages, tools)
-        return stream_with_retry(
-            lambda: self._attempt(body),
-            provider="workers-ai",
-            url=self.url,
-            read_timeout=self.read_timeout,
-            retry_delay=self.retry_delay,
-            sleep=self._sleep,
-        )
 
     async def _attempt(self, body: dict[str, Any]) -> AsyncGenerator[LLMEvent, None]:
         parser = ChatChunkParser("workers-ai")
